@@ -1,0 +1,29 @@
+//! LoRA adapters for burn modules and the device side of the manifold hook.
+//!
+//! * [`LoraLinear`]: a frozen `nn::Linear` plus an optional [`LoraAdapter`]; forward is
+//!   `x·W0ᵀ + b + s·((dropout(x)·Aᵀ)·Bᵀ)` and never forms the dense `s·B·A`.
+//! * [`collect_params`] walks any burn [`Module`] and pairs every `lora_a`/`lora_b` by module
+//!   path — adapters are found in user models too, not just ours.
+//! * [`apply_manifold`] runs a [`Manifold`] on every adapter of a model: the r×r Grams of all
+//!   adapters go to the host in **one** transfer, the manifold decides the gauge transforms in
+//!   f64, and the transforms come back in one upload and are applied as two thin matmuls.
+//!
+//! ```
+//! use balora_adapter::{LoraConfig, LoraLinear};
+//! use burn::backend::NdArray;
+//! use burn::tensor::Tensor;
+//!
+//! let device = Default::default();
+//! let layer = LoraLinear::<NdArray>::new(8, 4, true, &device)
+//!     .with_adapter(&LoraConfig { r: 2, alpha: 4.0, ..Default::default() }, &device);
+//! let y = layer.forward(Tensor::<NdArray, 2>::ones([3, 8], &device));
+//! assert_eq!(y.dims(), [3, 4]);
+//! ```
+
+mod hook;
+mod linear;
+mod params;
+
+pub use hook::{HookReport, ManifoldHookError, apply_manifold, grams_of, pair_grams};
+pub use linear::{AdapterInit, LoraAdapter, LoraConfig, LoraLinear};
+pub use params::{PairSlot, ParamSlot, ParamTable, collect_params, replace_params};

@@ -1,0 +1,186 @@
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::{Distribution, Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+/// How A is initialised (B always starts at zero, so the initial product is zero).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterInit {
+    /// PEFT's default: Kaiming-uniform with a = √5, i.e. `U(-1/√in, 1/√in)`.
+    #[default]
+    Kaiming,
+    /// `A ~ N(0, σ²)` (σ = 1/r in PEFT's "gaussian"; `std` overrides it).
+    Gaussian,
+}
+
+/// Adapter hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    /// Rank r.
+    pub r: usize,
+    /// α; the scale is α/r, or α/√r with `rslora`.
+    pub alpha: f64,
+    /// rsLoRA scaling α/√r.
+    pub rslora: bool,
+    /// Dropout probability on the adapter input.
+    pub dropout: f64,
+    /// Initialisation of A.
+    pub init: AdapterInit,
+    /// Standard deviation for [`AdapterInit::Gaussian`] (default 1/r).
+    pub init_std: Option<f64>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            rslora: false,
+            dropout: 0.0,
+            init: AdapterInit::Kaiming,
+            init_std: None,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The scale s applied to `B·A`.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// The low-rank pair of one adapted layer, in PEFT's layout.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// A, shape `[r, in]`.
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// B, shape `[out, r]`.
+    pub lora_b: Param<Tensor<B, 2>>,
+    /// Scale s (α/r or α/√r).
+    pub scale: f64,
+    /// Dropout on the adapter input.
+    pub dropout: Dropout,
+    /// Whether `s·B·A` has been added into the base weight (forward then skips the adapter).
+    pub merged: bool,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// A fresh adapter (`B = 0`) for a `d_in → d_out` layer.
+    pub fn new(d_in: usize, d_out: usize, cfg: &LoraConfig, device: &B::Device) -> Self {
+        let r = cfg.r.max(1);
+        let a = match cfg.init {
+            AdapterInit::Kaiming => {
+                let bound = 1.0 / (d_in as f64).sqrt();
+                Tensor::random([r, d_in], Distribution::Uniform(-bound, bound), device)
+            }
+            AdapterInit::Gaussian => {
+                let std = cfg.init_std.unwrap_or(1.0 / r as f64);
+                Tensor::random([r, d_in], Distribution::Normal(0.0, std), device)
+            }
+        };
+        Self::from_tensors(a, Tensor::zeros([d_out, r], device), cfg.scale(), cfg.dropout)
+    }
+
+    /// An adapter from given factors (A `[r, in]`, B `[out, r]`).
+    pub fn from_tensors(a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64, dropout: f64) -> Self {
+        Self {
+            lora_a: Param::from_tensor(a),
+            lora_b: Param::from_tensor(b),
+            scale,
+            dropout: DropoutConfig::new(dropout.clamp(0.0, 1.0)).init(),
+            merged: false,
+        }
+    }
+
+    /// Rank r.
+    pub fn rank(&self) -> usize {
+        self.lora_a.dims()[0]
+    }
+
+    /// `s·((dropout(x)·Aᵀ)·Bᵀ)` for `x` of shape `[..., in]`.
+    pub fn delta<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = self.dropout.forward(x);
+        let xa = burn::tensor::module::linear(x, self.lora_a.val().transpose(), None);
+        burn::tensor::module::linear(xa, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
+    }
+
+    /// The dense `s·B·A` (`[out, in]`), for merging and tests only.
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        self.lora_b
+            .val()
+            .matmul(self.lora_a.val())
+            .mul_scalar(self.scale)
+    }
+}
+
+/// A linear layer with a frozen base weight and an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    /// Frozen base layer (burn layout: weight `[in, out]`).
+    pub base: Linear<B>,
+    /// The adapter, if one is attached.
+    pub adapter: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// A randomly initialised frozen base layer without adapter.
+    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
+        Self::from_base(LinearConfig::new(d_in, d_out).with_bias(bias).init(device))
+    }
+
+    /// Wraps an existing layer; its parameters are frozen.
+    pub fn from_base(base: Linear<B>) -> Self {
+        Self {
+            base: base.no_grad(),
+            adapter: None,
+        }
+    }
+
+    /// Input and output sizes.
+    pub fn dims(&self) -> (usize, usize) {
+        let [d_in, d_out] = self.base.weight.dims();
+        (d_in, d_out)
+    }
+
+    /// Attaches a fresh adapter (replacing any existing one).
+    pub fn with_adapter(mut self, cfg: &LoraConfig, device: &B::Device) -> Self {
+        let (d_in, d_out) = self.dims();
+        self.adapter = Some(LoraAdapter::new(d_in, d_out, cfg, device));
+        self
+    }
+
+    /// `x·W0ᵀ + b + s·((dropout(x)·Aᵀ)·Bᵀ)`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.adapter {
+            Some(ad) if !ad.merged => self.base.forward(x.clone()) + ad.delta(x),
+            _ => self.base.forward(x),
+        }
+    }
+
+    /// Adds `s·B·A` into the base weight; forward then costs one matmul. Idempotent.
+    pub fn merge(mut self) -> Self {
+        if let Some(ad) = self.adapter.as_mut().filter(|a| !a.merged) {
+            let delta = ad.delta_weight().transpose().detach();
+            self.base.weight = self.base.weight.map(|w| w + delta);
+            ad.merged = true;
+        }
+        self
+    }
+
+    /// Subtracts `s·B·A` from the base weight again. Idempotent.
+    pub fn unmerge(mut self) -> Self {
+        if let Some(ad) = self.adapter.as_mut().filter(|a| a.merged) {
+            let delta = ad.delta_weight().transpose().detach();
+            self.base.weight = self.base.weight.map(|w| w - delta);
+            ad.merged = false;
+        }
+        self
+    }
+}

@@ -1,0 +1,14 @@
+//! Backend-agnostic training for LoRA/BaLoRA.
+//!
+//! [`TrainStepper`] is the one place where a training step happens: the optimizer updates the
+//! parameters, then the manifold hook re-factors every adapter, then the optimizer is told which
+//! gauge transforms were applied (for moment transport). Everything is generic over burn's
+//! `AutodiffBackend`, so the same code runs on ndarray, wgpu, CUDA and LibTorch.
+//!
+//! [`synthetic`] is the paper's synthetic experiment (a 20×20 layer, rank 4) built on it.
+
+mod stepper;
+pub mod report;
+pub mod synthetic;
+
+pub use stepper::{StepReport, TrainError, TrainStepper};

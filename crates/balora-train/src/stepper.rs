@@ -1,0 +1,132 @@
+use balora_adapter::{HookReport, ManifoldHookError, apply_manifold};
+use balora_manifold::{Manifold, ManifoldError, Options, build_manifold};
+use balora_optim::{OptimError, OptimizerDriver, RegistryBackend, build_optimizer};
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+
+/// Errors of a training step.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Optimizer construction.
+    #[error("optimizer: {0}")]
+    Optim(#[from] OptimError),
+    /// Manifold construction.
+    #[error("manifold: {0}")]
+    Manifold(#[from] ManifoldError),
+    /// The hook failed (e.g. NaN factors).
+    #[error("manifold hook at step {step}: {source}")]
+    Hook {
+        /// Step.
+        step: u64,
+        /// Cause.
+        source: ManifoldHookError,
+    },
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Default)]
+pub struct StepReport {
+    /// Steps taken so far (1-based after the first step).
+    pub step: u64,
+    /// The manifold hook's report.
+    pub hook: HookReport,
+}
+
+/// Optimizer + manifold: the data flow `grads → optimizer step → manifold hook → state transport`.
+///
+/// ```
+/// use balora_adapter::{LoraConfig, LoraLinear};
+/// use balora_train::TrainStepper;
+/// use balora_manifold::Options;
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::optim::GradientsParams;
+/// use burn::tensor::Tensor;
+/// type B = Autodiff<NdArray>;
+///
+/// let dev = Default::default();
+/// let mut model = LoraLinear::<B>::new(6, 5, false, &dev).with_adapter(&LoraConfig { r: 2, ..Default::default() }, &dev);
+/// let mut stepper = TrainStepper::<B>::from_names("adamw", &Options::default(), "balanced", &Options::default()).unwrap();
+/// for _ in 0..3 {
+///     let loss = model.forward(Tensor::<B, 2>::ones([4, 6], &dev)).powi_scalar(2).mean();
+///     let grads = GradientsParams::from_grads(loss.backward(), &model);
+///     let (m, _report) = stepper.step(1e-2, model, grads).unwrap();
+///     model = m;
+/// }
+/// assert_eq!(stepper.steps(), 3);
+/// ```
+pub struct TrainStepper<B: AutodiffBackend> {
+    driver: OptimizerDriver<B>,
+    manifold: Box<dyn Manifold>,
+    step: u64,
+}
+
+impl<B: AutodiffBackend> TrainStepper<B>
+where
+    B::InnerBackend: RegistryBackend,
+{
+    /// Builds the optimizer and manifold from their registered names.
+    pub fn from_names(
+        optimizer: &str,
+        optimizer_options: &Options,
+        manifold: &str,
+        manifold_options: &Options,
+    ) -> Result<Self, TrainError> {
+        Ok(Self::new(
+            OptimizerDriver::new(build_optimizer::<B::InnerBackend>(optimizer, optimizer_options)?),
+            build_manifold(manifold, manifold_options)?,
+        ))
+    }
+}
+
+impl<B: AutodiffBackend> TrainStepper<B> {
+    /// From an optimizer driver and a manifold.
+    pub fn new(driver: OptimizerDriver<B>, manifold: Box<dyn Manifold>) -> Self {
+        Self {
+            driver,
+            manifold,
+            step: 0,
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Sets the step counter (when resuming).
+    pub fn set_steps(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// The optimizer driver (state save/load).
+    pub fn driver_mut(&mut self) -> &mut OptimizerDriver<B> {
+        &mut self.driver
+    }
+
+    /// The manifold.
+    pub fn manifold(&self) -> &dyn Manifold {
+        self.manifold.as_ref()
+    }
+
+    /// One step: optimizer update, then the manifold hook, then state transport.
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<(M, StepReport), TrainError> {
+        let module = self.driver.step(lr, module, grads);
+        self.step += 1;
+        let (module, hook) = apply_manifold(module, self.manifold.as_ref(), self.step)
+            .map_err(|source| TrainError::Hook {
+                step: self.step,
+                source,
+            })?;
+        self.driver.on_refactor(&hook.transforms);
+        if hook.rank_deficient > 0 {
+            tracing::debug!(step = self.step, count = hook.rank_deficient, "rank-deficient adapters balanced on their active rank");
+        }
+        Ok((module, StepReport { step: self.step, hook }))
+    }
+}

@@ -1,9 +1,9 @@
 //! The manifold hook: re-factor every adapter of a model after an optimizer step.
 
-use crate::params::{PairSlot, collect_params, replace_params};
+use crate::params::{collect_params, replace_params, PairSlot};
 use balora_manifold::{DMatrix, GaugeTransform, Manifold, ManifoldError, PairGrams};
 use burn::module::Module;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use std::collections::HashMap;
 
 /// What one hook call did.
@@ -58,7 +58,11 @@ pub fn grams_of<B: Backend>(pairs: &[PairSlot<B>]) -> Vec<PairGrams> {
             [ga, gb]
         })
         .collect();
-    let host: Vec<f64> = Tensor::cat(flat, 0).detach().into_data().iter::<f64>().collect();
+    let host: Vec<f64> = Tensor::cat(flat, 0)
+        .detach()
+        .into_data()
+        .iter::<f64>()
+        .collect();
     let mut off = 0;
     pairs
         .iter()
@@ -137,7 +141,11 @@ pub fn apply_manifold<B: Backend, M: Module<B>>(
         let pair = &table.pairs[i];
         let r = t.p.nrows();
         let dev = pair.a.device();
-        let p = all.clone().slice(off..off + r * r).reshape([r, r]).to_device(&dev);
+        let p = all
+            .clone()
+            .slice(off..off + r * r)
+            .reshape([r, r])
+            .to_device(&dev);
         let q = all
             .clone()
             .slice(off + r * r..off + 2 * r * r)

@@ -24,6 +24,6 @@ mod hook;
 mod linear;
 mod params;
 
-pub use hook::{HookReport, ManifoldHookError, apply_manifold, grams_of, pair_grams};
+pub use hook::{apply_manifold, grams_of, pair_grams, HookReport, ManifoldHookError};
 pub use linear::{AdapterInit, LoraAdapter, LoraConfig, LoraLinear};
-pub use params::{PairSlot, ParamSlot, ParamTable, collect_params, replace_params};
+pub use params::{collect_params, replace_params, PairSlot, ParamSlot, ParamTable};

@@ -1,6 +1,6 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::{Distribution, Tensor, backend::Backend};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// How A is initialised (B always starts at zero, so the initial product is zero).
@@ -85,7 +85,12 @@ impl<B: Backend> LoraAdapter<B> {
                 Tensor::random([r, d_in], Distribution::Normal(0.0, std), device)
             }
         };
-        Self::from_tensors(a, Tensor::zeros([d_out, r], device), cfg.scale(), cfg.dropout)
+        Self::from_tensors(
+            a,
+            Tensor::zeros([d_out, r], device),
+            cfg.scale(),
+            cfg.dropout,
+        )
     }
 
     /// An adapter from given factors (A `[r, in]`, B `[out, r]`).

@@ -1,7 +1,7 @@
 //! Finding parameters (and LoRA pairs) in any burn module by their module path.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{backend::Backend, Tensor};
 use std::collections::{BTreeMap, HashMap};
 
 /// One parameter: path (e.g. `layers.0.attn.q_proj.base.weight`), id, shape, flattened value.
@@ -141,7 +141,11 @@ impl<B: Backend> ModuleMapper<B> for Replacer<B> {
             Some(new) => {
                 let trainable = old.is_require_grad();
                 let t = new.reshape(old.shape()).detach();
-                if trainable { t.require_grad() } else { t }
+                if trainable {
+                    t.require_grad()
+                } else {
+                    t
+                }
             }
             None => old,
         };

@@ -1,14 +1,19 @@
 //! Config layering with figment: defaults < TOML file < `BALORA_…` env < `--set key=value`.
 
-use anyhow::{Context, Result, bail};
-use figment::Figment;
+use anyhow::{bail, Context, Result};
 use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Serialize, de::DeserializeOwned};
+use figment::Figment;
+use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 
 /// Loads `T` from defaults, the file (if it exists), env vars with `env_prefix`
 /// (`__` separates nesting) and `--set` overrides (values parsed as TOML, else strings).
-pub fn load<T: Serialize + DeserializeOwned>(defaults: T, file: &Path, env_prefix: &str, sets: &[String]) -> Result<T> {
+pub fn load<T: Serialize + DeserializeOwned>(
+    defaults: T,
+    file: &Path,
+    env_prefix: &str,
+    sets: &[String],
+) -> Result<T> {
     let mut fig = Figment::from(Serialized::defaults(defaults));
     if file.exists() {
         fig = fig.merge(Toml::file(file));
@@ -26,5 +31,6 @@ pub fn load<T: Serialize + DeserializeOwned>(defaults: T, file: &Path, env_prefi
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
         fig = fig.merge(Serialized::default(key.trim(), value));
     }
-    fig.extract().with_context(|| format!("invalid configuration (file {})", file.display()))
+    fig.extract()
+        .with_context(|| format!("invalid configuration (file {})", file.display()))
 }

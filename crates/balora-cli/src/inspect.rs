@@ -1,30 +1,50 @@
 //! `balora inspect`: diagnostics of every adapter pair in a PEFT adapter file.
 
-use anyhow::{Context, Result, bail};
-use balora_manifold::{DMatrix, PairGrams, diagnose};
+use anyhow::{bail, Context, Result};
+use balora_manifold::{diagnose, DMatrix, PairGrams};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn to_matrix(file: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<DMatrix<f64>> {
+fn to_matrix(
+    file: &Path,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<DMatrix<f64>> {
     let shape = view.shape();
     if shape.len() != 2 {
-        bail!("{}: tensor `{name}` has shape {shape:?}, expected 2 dimensions", file.display());
+        bail!(
+            "{}: tensor `{name}` has shape {shape:?}, expected 2 dimensions",
+            file.display()
+        );
     }
     let data = view.data();
     let vals: Vec<f64> = match view.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
         Dtype::F16 | Dtype::BF16 => {
             let bf = view.dtype() == Dtype::BF16;
             data.chunks_exact(2)
                 .map(|c| {
                     let bits = u16::from_le_bytes([c[0], c[1]]);
-                    if bf { f32::from_bits((bits as u32) << 16) as f64 } else { half_to_f32(bits) as f64 }
+                    if bf {
+                        f32::from_bits((bits as u32) << 16) as f64
+                    } else {
+                        half_to_f32(bits) as f64
+                    }
                 })
                 .collect()
         }
-        other => bail!("{}: tensor `{name}` has dtype {other:?}; expected F32, F64, F16 or BF16", file.display()),
+        other => bail!(
+            "{}: tensor `{name}` has dtype {other:?}; expected F32, F64, F16 or BF16",
+            file.display()
+        ),
     };
     Ok(DMatrix::from_row_slice(shape[0], shape[1], &vals))
 }
@@ -61,16 +81,23 @@ pub fn run(file: &Path, json: bool) -> Result<()> {
         }
     }
     if pairs.is_empty() {
-        bail!("{}: no `*.lora_A.weight` / `*.lora_B.weight` tensors found", file.display());
+        bail!(
+            "{}: no `*.lora_A.weight` / `*.lora_B.weight` tensors found",
+            file.display()
+        );
     }
     let mut rows = Vec::new();
     for (key, [a, b]) in pairs {
         let (Some(a), Some(b)) = (a, b) else {
-            bail!("{}: adapter `{key}` has only one of lora_A / lora_B", file.display());
+            bail!(
+                "{}: adapter `{key}` has only one of lora_A / lora_B",
+                file.display()
+            );
         };
         let am = to_matrix(file, &a, &st.tensor(&a)?)?;
         let bm = to_matrix(file, &b, &st.tensor(&b)?)?;
-        let grams = PairGrams::from_factors(&am, &bm).with_context(|| format!("{}: adapter `{key}`", file.display()))?;
+        let grams = PairGrams::from_factors(&am, &bm)
+            .with_context(|| format!("{}: adapter `{key}`", file.display()))?;
         rows.push((key, am.nrows(), diagnose(&grams)));
     }
     if json {
@@ -80,12 +107,19 @@ pub fn run(file: &Path, json: bool) -> Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{:<60} {:>4} {:>12} {:>12} {:>12} {:>12}", "adapter", "r", "balance gap", "σ₁(BA)", "σ_r(BA)", "κ = 2σ₁/σ_r");
+        println!(
+            "{:<60} {:>4} {:>12} {:>12} {:>12} {:>12}",
+            "adapter", "r", "balance gap", "σ₁(BA)", "σ_r(BA)", "κ = 2σ₁/σ_r"
+        );
         for (k, r, d) in rows {
             println!(
                 "{:<60} {:>4} {:>12.3e} {:>12.4e} {:>12.4e} {:>12.4e}",
-                k, r, d.balance_gap, d.singular_values.first().copied().unwrap_or(0.0),
-                d.singular_values.last().copied().unwrap_or(0.0), d.balanced_condition
+                k,
+                r,
+                d.balance_gap,
+                d.singular_values.first().copied().unwrap_or(0.0),
+                d.singular_values.last().copied().unwrap_or(0.0),
+                d.balanced_condition
             );
         }
     }

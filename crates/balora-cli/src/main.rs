@@ -6,13 +6,17 @@ mod inspect;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;
-use balora_train::synthetic::{SyntheticConfig, run_experiment};
+use balora_train::synthetic::{run_experiment, SyntheticConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "balora", version, about = "Fine-tune transformers with Balanced Low-Rank Adaptation (BaLoRA) on burn")]
+#[command(
+    name = "balora",
+    version,
+    about = "Fine-tune transformers with Balanced Low-Rank Adaptation (BaLoRA) on burn"
+)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info` or `balora_train=debug`.
     #[arg(long, global = true, default_value = "info")]
@@ -54,7 +58,10 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
     if let Err(e) = run(cli.command) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -63,7 +70,12 @@ fn main() {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Synthetic { config, sets, backend, out } => synthetic(&config, &sets, backend, &out),
+        Command::Synthetic {
+            config,
+            sets,
+            backend,
+            out,
+        } => synthetic(&config, &sets, backend, &out),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Plugins => {
             print!("{}", plugins_listing());
@@ -81,9 +93,17 @@ struct SyntheticFile {
     experiment: SyntheticConfig,
 }
 
-fn synthetic(config: &std::path::Path, sets: &[String], backend: Option<BackendKind>, out: &std::path::Path) -> Result<()> {
+fn synthetic(
+    config: &std::path::Path,
+    sets: &[String],
+    backend: Option<BackendKind>,
+    out: &std::path::Path,
+) -> Result<()> {
     let file: SyntheticFile = config::load(
-        SyntheticFile { backend: None, experiment: SyntheticConfig::default() },
+        SyntheticFile {
+            backend: None,
+            experiment: SyntheticConfig::default(),
+        },
         config,
         "BALORA_SYNTHETIC_",
         sets,
@@ -95,11 +115,16 @@ fn synthetic(config: &std::path::Path, sets: &[String], backend: Option<BackendK
     let start = Instant::now();
     let progress = |done: usize, total: usize| {
         if done % (total / 10).max(1) == 0 {
-            tracing::info!("{done}/{total} runs ({:.0}s)", start.elapsed().as_secs_f64());
+            tracing::info!(
+                "{done}/{total} runs ({:.0}s)",
+                start.elapsed().as_secs_f64()
+            );
         }
     };
-    let cells = backend::dispatch!(backend, |B, device| run_experiment::<B>(&cfg, &device, &progress))?
-        .context("synthetic experiment")?;
+    let cells = backend::dispatch!(backend, |B, device| run_experiment::<B>(
+        &cfg, &device, &progress
+    ))?
+    .context("synthetic experiment")?;
     let secs = start.elapsed().as_secs_f64();
     println!("{}", balora_train::report::table(&cells, cfg.steps));
     let paths = balora_train::report::write_outputs(&cells, &cfg, &backend.to_string(), secs, out)

@@ -21,8 +21,7 @@
 
 use crate::linalg::{split_range, sqrt_and_inv_sqrt, svd_desc};
 use crate::{
-    GaugeTransform, Manifold, ManifoldEntry, ManifoldError, OptionDoc, Options, PairGrams,
-    Refactor,
+    GaugeTransform, Manifold, ManifoldEntry, ManifoldError, OptionDoc, Options, PairGrams, Refactor,
 };
 use nalgebra::DMatrix;
 

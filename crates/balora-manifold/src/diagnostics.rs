@@ -1,8 +1,8 @@
 //! Per-adapter diagnostics from the Grams: balance gap, singular values of BA, and the
 //! condition number `2σ₁/σ_r` of the Hessian at a balanced minimiser.
 
-use crate::PairGrams;
 use crate::linalg::{sqrt_and_inv_sqrt, svd_desc};
+use crate::PairGrams;
 use serde::Serialize;
 
 /// Diagnostics of one adapter pair.

@@ -31,9 +31,9 @@ mod linalg;
 mod options;
 mod registry;
 
-pub use diagnostics::{PairDiagnostics, diagnose};
+pub use diagnostics::{diagnose, PairDiagnostics};
 pub use options::{OptionDoc, OptionValue, Options, OptionsError};
-pub use registry::{ManifoldEntry, build_manifold, manifold_entries};
+pub use registry::{build_manifold, manifold_entries, ManifoldEntry};
 
 pub use nalgebra::DMatrix;
 

@@ -26,7 +26,10 @@ pub(crate) fn split_range(m: &DMatrix<f64>, rel_tol: f64) -> (DMatrix<f64>, DMat
     } else {
         vals.iter().take_while(|&&v| v > rel_tol * lmax).count()
     };
-    (vecs.columns(0, k).into_owned(), vecs.columns(k, n - k).into_owned())
+    (
+        vecs.columns(0, k).into_owned(),
+        vecs.columns(k, n - k).into_owned(),
+    )
 }
 
 /// `(S, S⁻¹)` with `S = M^{1/2}` for a symmetric positive-definite M.

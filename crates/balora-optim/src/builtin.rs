@@ -1,9 +1,12 @@
 //! Built-in optimizers: SGD (momentum), AdamW (with optional first-moment transport), sign descent.
 
-use crate::rules::{AdamWParams, StateStore, adamw_update, sgd_update, sign_update};
-use crate::{AdapterOptimizer, GaugeTransform, OptimError, OptimizerEntry, OptimizerFactory, Options, PairStep};
+use crate::rules::{adamw_update, sgd_update, sign_update, AdamWParams, StateStore};
+use crate::{
+    AdapterOptimizer, GaugeTransform, OptimError, OptimizerEntry, OptimizerFactory, Options,
+    PairStep,
+};
 use balora_manifold::OptionDoc;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// State keys of an adapter's factors: `{key}.lora_a`, `{key}.lora_b`.
 pub fn factor_keys(key: &str) -> (String, String) {
@@ -61,7 +64,11 @@ impl<B: Backend> AdamW<B> {
 }
 
 /// Parses AdamW options (`beta1`, `beta2`, `eps`, `weight_decay`) with extra allowed keys.
-pub fn adamw_params(opts: &Options, section: &str, extra: &[&str]) -> Result<AdamWParams, OptimError> {
+pub fn adamw_params(
+    opts: &Options,
+    section: &str,
+    extra: &[&str],
+) -> Result<AdamWParams, OptimError> {
     let mut allowed = vec!["beta1", "beta2", "eps", "weight_decay"];
     allowed.extend_from_slice(extra);
     opts.reject_unknown(section, &allowed)?;
@@ -78,7 +85,10 @@ pub fn adamw_params(opts: &Options, section: &str, extra: &[&str]) -> Result<Ada
         }
     }
     if hp.eps <= 0.0 || hp.weight_decay < 0.0 {
-        return Err(OptionsError("eps", "eps must be > 0 and weight_decay ≥ 0".into()));
+        return Err(OptionsError(
+            "eps",
+            "eps must be > 0 and weight_decay ≥ 0".into(),
+        ));
     }
     Ok(hp)
 }
@@ -113,7 +123,11 @@ impl<B: Backend> AdapterOptimizer<B> for AdamW<B> {
     fn state(&self) -> Vec<(String, TensorData)> {
         self.store.export()
     }
-    fn load_state(&mut self, s: Vec<(String, TensorData)>, d: &B::Device) -> Result<(), OptimError> {
+    fn load_state(
+        &mut self,
+        s: Vec<(String, TensorData)>,
+        d: &B::Device,
+    ) -> Result<(), OptimError> {
         self.store.import(s, d)
     }
 }
@@ -155,7 +169,15 @@ impl<B: Backend> AdapterOptimizer<B> for Sgd<B> {
         )
     }
     fn step_param(&mut self, key: &str, lr: f64, v: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
-        sgd_update(&mut self.store, key, self.momentum, self.weight_decay, lr, v, g)
+        sgd_update(
+            &mut self.store,
+            key,
+            self.momentum,
+            self.weight_decay,
+            lr,
+            v,
+            g,
+        )
     }
     fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
         if self.transport {
@@ -165,7 +187,11 @@ impl<B: Backend> AdapterOptimizer<B> for Sgd<B> {
     fn state(&self) -> Vec<(String, TensorData)> {
         self.store.export()
     }
-    fn load_state(&mut self, s: Vec<(String, TensorData)>, d: &B::Device) -> Result<(), OptimError> {
+    fn load_state(
+        &mut self,
+        s: Vec<(String, TensorData)>,
+        d: &B::Device,
+    ) -> Result<(), OptimError> {
         self.store.import(s, d)
     }
 }
@@ -187,16 +213,28 @@ impl<B: Backend> AdapterOptimizer<B> for SignDescent {
             sign_update(self.eps, lr, p.b, p.grad_b),
         )
     }
-    fn step_param(&mut self, _key: &str, lr: f64, v: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
+    fn step_param(
+        &mut self,
+        _key: &str,
+        lr: f64,
+        v: Tensor<B, 1>,
+        g: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
         sign_update(self.eps, lr, v, g)
     }
     fn state(&self) -> Vec<(String, TensorData)> {
         Vec::new()
     }
-    fn load_state(&mut self, s: Vec<(String, TensorData)>, _d: &B::Device) -> Result<(), OptimError> {
+    fn load_state(
+        &mut self,
+        s: Vec<(String, TensorData)>,
+        _d: &B::Device,
+    ) -> Result<(), OptimError> {
         match s.first() {
             None => Ok(()),
-            Some((k, _)) => Err(OptimError::State(format!("sign descent is stateless; got `{k}`"))),
+            Some((k, _)) => Err(OptimError::State(format!(
+                "sign descent is stateless; got `{k}`"
+            ))),
         }
     }
 }
@@ -218,7 +256,11 @@ struct SgdFactory {
 }
 impl OptimizerFactory for SgdFactory {
     fn build<B: Backend>(&self) -> Box<dyn AdapterOptimizer<B>> {
-        Box::new(Sgd::<B>::new(self.momentum, self.weight_decay, self.transport))
+        Box::new(Sgd::<B>::new(
+            self.momentum,
+            self.weight_decay,
+            self.transport,
+        ))
     }
 }
 

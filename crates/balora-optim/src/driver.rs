@@ -4,7 +4,7 @@ use crate::{AdapterOptimizer, GaugeTransform, PairStep};
 use balora_adapter::{collect_params, grams_of, replace_params, PairSlot};
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, backend::AutodiffBackend};
+use burn::tensor::{backend::AutodiffBackend, Tensor};
 use std::collections::HashMap;
 
 /// Drives an adapter-aware optimizer over a whole autodiff module.
@@ -24,10 +24,19 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
     }
 
     /// One optimizer step; returns the updated module.
-    pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> M {
         let table = collect_params(&module);
         let mut updates: HashMap<ParamId, Tensor<B, 1>> = HashMap::new();
-        let with_grads: Vec<(&PairSlot<B>, Tensor<B::InnerBackend, 2>, Tensor<B::InnerBackend, 2>)> = table
+        let with_grads: Vec<(
+            &PairSlot<B>,
+            Tensor<B::InnerBackend, 2>,
+            Tensor<B::InnerBackend, 2>,
+        )> = table
             .pairs
             .iter()
             .filter_map(|p| {
@@ -71,13 +80,21 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
             let n = s.value.shape().num_elements();
             let g = match s.shape.len() {
                 1 => grads.remove::<B::InnerBackend, 1>(s.id),
-                2 => grads.remove::<B::InnerBackend, 2>(s.id).map(|g| g.reshape([n])),
-                3 => grads.remove::<B::InnerBackend, 3>(s.id).map(|g| g.reshape([n])),
-                4 => grads.remove::<B::InnerBackend, 4>(s.id).map(|g| g.reshape([n])),
+                2 => grads
+                    .remove::<B::InnerBackend, 2>(s.id)
+                    .map(|g| g.reshape([n])),
+                3 => grads
+                    .remove::<B::InnerBackend, 3>(s.id)
+                    .map(|g| g.reshape([n])),
+                4 => grads
+                    .remove::<B::InnerBackend, 4>(s.id)
+                    .map(|g| g.reshape([n])),
                 _ => None,
             };
             if let Some(g) = g {
-                let v = self.inner.step_param(&s.path, lr, s.value.clone().inner(), g);
+                let v = self
+                    .inner
+                    .step_param(&s.path, lr, s.value.clone().inner(), g);
                 updates.insert(s.id, Tensor::from_inner(v));
             }
         }

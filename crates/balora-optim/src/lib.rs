@@ -23,15 +23,17 @@ mod driver;
 mod registry;
 pub mod rules;
 
-pub use balora_manifold::{GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams};
+pub use balora_manifold::{
+    GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams,
+};
 pub use builtin::{AdamW, Sgd, SignDescent};
 pub use driver::OptimizerDriver;
 pub use registry::{
-    ErasedFactory, OptimizerEntry, OptimizerFactory, RegistryBackend, build_optimizer,
-    optimizer_entries,
+    build_optimizer, optimizer_entries, ErasedFactory, OptimizerEntry, OptimizerFactory,
+    RegistryBackend,
 };
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// Errors of the optimizer layer.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +86,13 @@ pub trait AdapterOptimizer<B: Backend>: Send {
     fn step_pair(&mut self, key: &str, lr: f64, pair: PairStep<B>) -> (Tensor<B, 2>, Tensor<B, 2>);
 
     /// New value of an ordinary trainable parameter (flattened).
-    fn step_param(&mut self, key: &str, lr: f64, value: Tensor<B, 1>, grad: Tensor<B, 1>) -> Tensor<B, 1>;
+    fn step_param(
+        &mut self,
+        key: &str,
+        lr: f64,
+        value: Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+    ) -> Tensor<B, 1>;
 
     /// Told after a manifold re-factored adapter `key` by `(A, B) → (Q·A, B·P)`.
     fn on_refactor(&mut self, _key: &str, _transform: &GaugeTransform) {}

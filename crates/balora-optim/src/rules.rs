@@ -6,7 +6,7 @@
 //!   `θ ← θ(1 − ηλ) − η·m̂/(√v̂ + ε)`.
 
 use crate::OptimError;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use std::collections::BTreeMap;
 
 /// Per-tensor state: named buffers (flattened) plus a step counter.
@@ -41,7 +41,9 @@ impl<B: Backend> StateStore<B> {
         let names = self.names.len();
         self.slots.entry(key.to_string()).or_insert_with(|| Slot {
             t: 0,
-            bufs: (0..names).map(|_| Tensor::zeros([n], &like.device())).collect(),
+            bufs: (0..names)
+                .map(|_| Tensor::zeros([n], &like.device()))
+                .collect(),
         })
     }
 
@@ -49,7 +51,10 @@ impl<B: Backend> StateStore<B> {
     pub fn export(&self) -> Vec<(String, TensorData)> {
         let mut out = Vec::new();
         for (key, slot) in &self.slots {
-            out.push((format!("{key}/t"), TensorData::new(vec![slot.t as f32], [1])));
+            out.push((
+                format!("{key}/t"),
+                TensorData::new(vec![slot.t as f32], [1]),
+            ));
             for (name, buf) in self.names.iter().zip(&slot.bufs) {
                 out.push((format!("{key}/{name}"), buf.to_data()));
             }
@@ -76,9 +81,9 @@ impl<B: Backend> StateStore<B> {
                 .ok_or_else(|| OptimError::State(format!("`{key}/t` is empty")))?;
             let mut bufs = Vec::new();
             for name in self.names {
-                let d = map.remove(&format!("{key}/{name}")).ok_or_else(|| {
-                    OptimError::State(format!("missing buffer `{key}/{name}`"))
-                })?;
+                let d = map
+                    .remove(&format!("{key}/{name}"))
+                    .ok_or_else(|| OptimError::State(format!("missing buffer `{key}/{name}`")))?;
                 let n = d.num_elements();
                 bufs.push(Tensor::<B, 1>::from_data(d.convert::<f32>(), device).reshape([n]));
             }

@@ -7,8 +7,8 @@
 //!
 //! [`synthetic`] is the paper's synthetic experiment (a 20×20 layer, rank 4) built on it.
 
-mod stepper;
 pub mod report;
+mod stepper;
 pub mod synthetic;
 
 pub use stepper::{StepReport, TrainError, TrainStepper};

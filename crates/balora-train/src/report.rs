@@ -11,7 +11,11 @@ pub const REPORT_STEPS: [usize; 4] = [10, 25, 50, 100];
 
 /// The table printed on stdout.
 pub fn table(cells: &[CellResult], steps: usize) -> String {
-    let cols: Vec<usize> = REPORT_STEPS.iter().copied().filter(|&s| s <= steps).collect();
+    let cols: Vec<usize> = REPORT_STEPS
+        .iter()
+        .copied()
+        .filter(|&s| s <= steps)
+        .collect();
     let mut out = String::new();
     let _ = write!(out, "{:<18} {:<8}", "method", "optim");
     for s in &cols {
@@ -69,7 +73,10 @@ pub fn write_outputs(
         }).collect::<Vec<_>>(),
     });
     let summary_path = dir.join("summary.json");
-    write_atomic(&summary_path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_atomic(
+        &summary_path,
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
 
     let mut csv = String::from("method,optimizer,step,q1,median,q3\n");
     for c in cells {
@@ -95,12 +102,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn plot(cells: &[CellResult], cfg: &SyntheticConfig, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn plot(
+    cells: &[CellResult],
+    cfg: &SyntheticConfig,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
     let optims: Vec<&str> = cfg.optimizers.iter().map(|o| o.label.as_str()).collect();
     let root = SVGBackend::new(path, (560 * optims.len().max(1) as u32, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, optims.len().max(1)));
-    let palette = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14)];
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+    ];
     for (panel, opt) in panels.iter().zip(&optims) {
         let mine: Vec<&CellResult> = cells.iter().filter(|c| c.optimizer == *opt).collect();
         let floor = 1e-8;
@@ -115,7 +132,10 @@ fn plot(cells: &[CellResult], cfg: &SyntheticConfig, path: &Path) -> Result<(), 
             (lo, hi) = (floor, 1.0);
         }
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{}×{}, r={}, optimizer: {opt}", cfg.dim, cfg.dim, cfg.rank), ("sans-serif", 18))
+            .caption(
+                format!("{}×{}, r={}, optimizer: {opt}", cfg.dim, cfg.dim, cfg.rank),
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(60)
@@ -129,16 +149,32 @@ fn plot(cells: &[CellResult], cfg: &SyntheticConfig, path: &Path) -> Result<(), 
         for (i, c) in mine.iter().enumerate() {
             let color = palette[i % palette.len()];
             let q = c.quartiles();
-            let mut band: Vec<(f64, f64)> = q.iter().enumerate().map(|(k, v)| (k as f64, v.2.max(floor))).collect();
-            band.extend(q.iter().enumerate().rev().map(|(k, v)| (k as f64, v.0.max(floor))));
-            chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18).filled())))?;
+            let mut band: Vec<(f64, f64)> = q
+                .iter()
+                .enumerate()
+                .map(|(k, v)| (k as f64, v.2.max(floor)))
+                .collect();
+            band.extend(
+                q.iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(k, v)| (k as f64, v.0.max(floor))),
+            );
+            chart.draw_series(std::iter::once(Polygon::new(
+                band,
+                color.mix(0.18).filled(),
+            )))?;
             chart
                 .draw_series(LineSeries::new(
-                    q.iter().enumerate().map(|(k, v)| (k as f64, v.1.max(floor))),
+                    q.iter()
+                        .enumerate()
+                        .map(|(k, v)| (k as f64, v.1.max(floor))),
                     color.stroke_width(2),
                 ))?
                 .label(c.method.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

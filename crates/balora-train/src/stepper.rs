@@ -1,6 +1,6 @@
-use balora_adapter::{HookReport, ManifoldHookError, apply_manifold};
-use balora_manifold::{Manifold, ManifoldError, Options, build_manifold};
-use balora_optim::{OptimError, OptimizerDriver, RegistryBackend, build_optimizer};
+use balora_adapter::{apply_manifold, HookReport, ManifoldHookError};
+use balora_manifold::{build_manifold, Manifold, ManifoldError, Options};
+use balora_optim::{build_optimizer, OptimError, OptimizerDriver, RegistryBackend};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -73,7 +73,10 @@ where
         manifold_options: &Options,
     ) -> Result<Self, TrainError> {
         Ok(Self::new(
-            OptimizerDriver::new(build_optimizer::<B::InnerBackend>(optimizer, optimizer_options)?),
+            OptimizerDriver::new(build_optimizer::<B::InnerBackend>(
+                optimizer,
+                optimizer_options,
+            )?),
             build_manifold(manifold, manifold_options)?,
         ))
     }
@@ -118,15 +121,27 @@ impl<B: AutodiffBackend> TrainStepper<B> {
     ) -> Result<(M, StepReport), TrainError> {
         let module = self.driver.step(lr, module, grads);
         self.step += 1;
-        let (module, hook) = apply_manifold(module, self.manifold.as_ref(), self.step)
-            .map_err(|source| TrainError::Hook {
-                step: self.step,
-                source,
+        let (module, hook) =
+            apply_manifold(module, self.manifold.as_ref(), self.step).map_err(|source| {
+                TrainError::Hook {
+                    step: self.step,
+                    source,
+                }
             })?;
         self.driver.on_refactor(&hook.transforms);
         if hook.rank_deficient > 0 {
-            tracing::debug!(step = self.step, count = hook.rank_deficient, "rank-deficient adapters balanced on their active rank");
+            tracing::debug!(
+                step = self.step,
+                count = hook.rank_deficient,
+                "rank-deficient adapters balanced on their active rank"
+            );
         }
-        Ok((module, StepReport { step: self.step, hook }))
+        Ok((
+            module,
+            StepReport {
+                step: self.step,
+                hook,
+            },
+        ))
     }
 }

@@ -16,9 +16,9 @@ use balora_optim::RegistryBackend;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::optim::GradientsParams;
-use burn::tensor::{ElementConversion, Tensor, TensorData, backend::AutodiffBackend};
+use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor, TensorData};
 use nalgebra::DMatrix;
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
@@ -93,12 +93,28 @@ impl Default for SyntheticConfig {
             seed: 0,
             workers: 0,
             methods: vec![
-                MethodSpec { label: "LoRA".into(), manifold: "unconstrained".into(), options: Options::default() },
-                MethodSpec { label: "BaLoRA-canonical".into(), manifold: "balanced".into(), options: gauge("canonical") },
-                MethodSpec { label: "BaLoRA-closest".into(), manifold: "balanced".into(), options: gauge("closest") },
+                MethodSpec {
+                    label: "LoRA".into(),
+                    manifold: "unconstrained".into(),
+                    options: Options::default(),
+                },
+                MethodSpec {
+                    label: "BaLoRA-canonical".into(),
+                    manifold: "balanced".into(),
+                    options: gauge("canonical"),
+                },
+                MethodSpec {
+                    label: "BaLoRA-closest".into(),
+                    manifold: "balanced".into(),
+                    options: gauge("closest"),
+                },
             ],
             optimizers: vec![
-                OptimizerSpec { label: "sign".into(), name: "sign".into(), options: Options::default() },
+                OptimizerSpec {
+                    label: "sign".into(),
+                    name: "sign".into(),
+                    options: Options::default(),
+                },
                 OptimizerSpec {
                     label: "adamw".into(),
                     name: "adamw".into(),
@@ -138,10 +154,10 @@ pub struct Problem {
 impl Problem {
     /// Samples trajectory `index` of the experiment with seed `seed`.
     pub fn sample(dim: usize, rank: usize, seed: u64, index: usize) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
-        let mut gauss = |r: usize, c: usize| {
-            DMatrix::from_fn(r, c, |_, _| StandardNormal.sample(&mut rng))
-        };
+        let mut rng =
+            StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
+        let mut gauss =
+            |r: usize, c: usize| DMatrix::from_fn(r, c, |_, _| StandardNormal.sample(&mut rng));
         let w0 = gauss(dim, dim);
         let target = gauss(dim, dim);
         let a0 = gauss(rank, dim);
@@ -149,11 +165,19 @@ impl Problem {
         let mut sv: Vec<f64> = sv.iter().copied().collect();
         sv.sort_by(|a, b| b.total_cmp(a));
         let optimal_loss = 0.5 * sv.iter().skip(rank).map(|s| s * s).sum::<f64>();
-        Self { w0, target, a0, optimal_loss }
+        Self {
+            w0,
+            target,
+            a0,
+            optimal_loss,
+        }
     }
 }
 
-fn to_tensor<B: burn::tensor::backend::Backend>(m: &DMatrix<f64>, device: &B::Device) -> Tensor<B, 2> {
+fn to_tensor<B: burn::tensor::backend::Backend>(
+    m: &DMatrix<f64>,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
     Tensor::from_data(TensorData::new(rows, [m.nrows(), m.ncols()]), device)
 }
@@ -178,7 +202,12 @@ where
     };
     let a = to_tensor::<B>(&problem.a0, device);
     let mut model = LoraLinear::from_base(base);
-    model.adapter = Some(LoraAdapter::from_tensors(a, Tensor::zeros([dim, rank], device), 1.0, 0.0));
+    model.adapter = Some(LoraAdapter::from_tensors(
+        a,
+        Tensor::zeros([dim, rank], device),
+        1.0,
+        0.0,
+    ));
     let eye = Tensor::<B, 2>::eye(dim, device);
     let target_t = to_tensor::<B>(&problem.target.transpose(), device);
     let mut stepper = TrainStepper::<B>::from_names(
@@ -221,9 +250,14 @@ impl CellResult {
         let steps = self.gaps.iter().map(Vec::len).max().unwrap_or(0);
         (0..steps)
             .map(|k| {
-                let mut col: Vec<f64> = self.gaps.iter().filter_map(|g| g.get(k).copied()).collect();
+                let mut col: Vec<f64> =
+                    self.gaps.iter().filter_map(|g| g.get(k).copied()).collect();
                 col.sort_by(f64::total_cmp);
-                (quantile(&col, 0.25), quantile(&col, 0.5), quantile(&col, 0.75))
+                (
+                    quantile(&col, 0.25),
+                    quantile(&col, 0.5),
+                    quantile(&col, 0.75),
+                )
             })
             .collect()
     }
@@ -264,7 +298,9 @@ where
     }
     let total = jobs.len();
     let workers = if cfg.workers == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         cfg.workers
     }
@@ -280,7 +316,14 @@ where
                     break;
                 }
                 let (mi, oi, ti, li) = jobs[j];
-                match run_once::<B>(&problems[ti], &cfg.methods[mi], &cfg.optimizers[oi], grid[li], cfg.steps, device) {
+                match run_once::<B>(
+                    &problems[ti],
+                    &cfg.methods[mi],
+                    &cfg.optimizers[oi],
+                    grid[li],
+                    cfg.steps,
+                    device,
+                ) {
                     Ok(curve) => {
                         let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
                         r[j] = Some(curve);
@@ -289,7 +332,10 @@ where
                         progress(done, total);
                     }
                     Err(e) => {
-                        first_err.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        first_err
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
                         next.store(total, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
@@ -308,10 +354,15 @@ where
             for (ti, p) in problems.iter().enumerate() {
                 let mut best: Option<(f64, &Vec<f64>)> = None;
                 for (li, lr) in grid.iter().enumerate() {
-                    let j = ((mi * cfg.optimizers.len() + oi) * problems.len() + ti) * grid.len() + li;
-                    let Some(curve) = results[j].as_ref() else { continue };
+                    let j =
+                        ((mi * cfg.optimizers.len() + oi) * problems.len() + ti) * grid.len() + li;
+                    let Some(curve) = results[j].as_ref() else {
+                        continue;
+                    };
                     let ok = curve.len() == cfg.steps + 1
-                        && curve.iter().all(|v| v.is_finite() && *v <= cfg.discard_above);
+                        && curve
+                            .iter()
+                            .all(|v| v.is_finite() && *v <= cfg.discard_above);
                     let last = curve[curve.len() - 1];
                     if ok && best.is_none_or(|(_, b)| last < b[b.len() - 1]) {
                         best = Some((*lr, curve));
@@ -325,7 +376,12 @@ where
                     None => chosen_lr.push(None),
                 }
             }
-            cells.push(CellResult { method: m.label.clone(), optimizer: o.label.clone(), chosen_lr, gaps });
+            cells.push(CellResult {
+                method: m.label.clone(),
+                optimizer: o.label.clone(),
+                chosen_lr,
+                gaps,
+            });
         }
     }
     Ok(cells)

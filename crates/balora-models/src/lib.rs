@@ -1,0 +1,32 @@
+//! Transformer families in burn with LoRA-ready linear layers, and the traits the trainer
+//! uses to train any of them.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+/// A causal language model: token ids in, next-token logits out.
+pub trait CausalLm<B: Backend>: Module<B> {
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`. `attention_mask`
+    /// `[batch, seq]` is `true` for real tokens and `false` for padding (right padding).
+    fn forward_logits(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3>;
+
+    /// Vocabulary size.
+    fn vocab_size(&self) -> usize;
+}
+
+/// A sequence classifier: token ids in, class logits out.
+pub trait SequenceClassifier<B: Backend>: Module<B> {
+    /// Class logits `[batch, classes]`; `attention_mask` as in [`CausalLm::forward_logits`].
+    fn forward_classes(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 2>;
+
+    /// Number of classes.
+    fn num_classes(&self) -> usize;
+}

@@ -73,7 +73,7 @@ pub fn balance(grams: &PairGrams, gauge: Gauge, rank_tol: f64) -> Refactor {
     let (p, q) = match gauge {
         Gauge::Canonical => {
             // Balanced rows first (SVD order), untouched null directions after them.
-            let (_, null) = split_complement(&w);
+            let null = complement_basis(&w);
             let mut p = DMatrix::zeros(r, r);
             let mut q = DMatrix::zeros(r, r);
             p.columns_mut(0, k).copy_from(&(&w * &p_k));
@@ -102,11 +102,12 @@ pub fn balance(grams: &PairGrams, gauge: Gauge, rank_tol: f64) -> Refactor {
     }
 }
 
-/// An orthonormal basis of the orthogonal complement of the columns of `w` (r×(r−k)).
-fn split_complement(w: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
+/// An orthonormal basis of the orthogonal complement of the orthonormal columns of `w` (r×(r−k)):
+/// the eigenvectors of the projector `I − WWᵀ` with eigenvalue 1.
+fn complement_basis(w: &DMatrix<f64>) -> DMatrix<f64> {
     let r = w.nrows();
     let proj = DMatrix::identity(r, r) - w * w.transpose();
-    split_range(&proj, 0.5)
+    split_range(&proj, 0.5).0
 }
 
 /// The BaLoRA manifold: balance every adapter after the optimizer step.

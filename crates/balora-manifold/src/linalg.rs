@@ -5,6 +5,9 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 /// Eigen-decomposition of a symmetric PSD matrix, eigenvalues sorted descending and clamped ≥ 0.
 pub(crate) fn sym_eig_desc(m: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
     let n = m.nrows();
+    if n == 0 {
+        return (DVector::zeros(0), DMatrix::zeros(0, 0));
+    }
     let eig = SymmetricEigen::new((m + m.transpose()) * 0.5);
     let mut idx: Vec<usize> = (0..n).collect();
     idx.sort_by(|&i, &j| eig.eigenvalues[j].total_cmp(&eig.eigenvalues[i]));

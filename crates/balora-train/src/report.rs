@@ -143,6 +143,7 @@ fn plot(
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("loss − optimal rank-r loss")
             .y_label_formatter(&|v| format!("{v:.0e}"))
             .draw()?;

@@ -1,6 +1,6 @@
 //! Config layering with figment: defaults < TOML file < `BALORA_…` env < `--set key=value`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{de::DeserializeOwned, Serialize};
@@ -31,6 +31,33 @@ pub fn load<T: Serialize + DeserializeOwned>(
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
         fig = fig.merge(Serialized::default(key.trim(), value));
     }
-    fig.extract()
-        .with_context(|| format!("invalid configuration (file {})", file.display()))
+    fig.extract().map_err(|e| {
+        let msgs: Vec<String> = e
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let from = match e.metadata.as_ref().map(|m| m.name.to_string()) {
+                    Some(n) if n.contains("Value") => "--set".to_string(),
+                    Some(n) => n,
+                    None => String::new(),
+                };
+                let key = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("key `{key}`: ")
+                };
+                let from = if from.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (from {from})")
+                };
+                format!("{key}{}{from}", e.kind)
+            })
+            .collect();
+        anyhow::anyhow!(
+            "invalid configuration ({}): {}",
+            file.display(),
+            msgs.join("; ")
+        )
+    })
 }

@@ -84,37 +84,30 @@ fn run(cmd: Command) -> Result<()> {
     }
 }
 
-#[derive(serde::Deserialize, serde::Serialize, Default)]
-#[serde(deny_unknown_fields)]
-struct SyntheticFile {
-    #[serde(default)]
-    backend: Option<BackendKind>,
-    #[serde(flatten)]
-    experiment: SyntheticConfig,
-}
-
 fn synthetic(
     config: &std::path::Path,
     sets: &[String],
     backend: Option<BackendKind>,
     out: &std::path::Path,
 ) -> Result<()> {
-    let file: SyntheticFile = config::load(
-        SyntheticFile {
-            backend: None,
-            experiment: SyntheticConfig::default(),
-        },
+    let cfg: SyntheticConfig = config::load(
+        SyntheticConfig::default(),
         config,
         "BALORA_SYNTHETIC_",
         sets,
     )?;
-    let cfg = file.experiment;
-    let backend = backend.or(file.backend).unwrap_or(BackendKind::Ndarray);
+    let backend = match (backend, cfg.backend.as_deref()) {
+        (Some(b), _) => b,
+        (None, None) => BackendKind::Ndarray,
+        (None, Some(name)) => <BackendKind as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+            anyhow::anyhow!("invalid configuration: `backend = \"{name}\"`; allowed: ndarray, wgpu, cuda, tch")
+        })?,
+    };
     let total = cfg.methods.len() * cfg.optimizers.len() * cfg.trajectories * cfg.lr_count;
     tracing::info!(backend = %backend, runs = total, "synthetic experiment: {}×{} layer, rank {}, {} steps", cfg.dim, cfg.dim, cfg.rank, cfg.steps);
     let start = Instant::now();
     let progress = |done: usize, total: usize| {
-        if done % (total / 10).max(1) == 0 {
+        if done.is_multiple_of((total / 10).max(1)) {
             tracing::info!(
                 "{done}/{total} runs ({:.0}s)",
                 start.elapsed().as_secs_f64()

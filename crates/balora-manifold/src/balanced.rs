@@ -88,7 +88,7 @@ pub fn balance(grams: &PairGrams, gauge: Gauge, rank_tol: f64) -> Refactor {
             let m = p_k.transpose() * &gb + &q_k * &ga;
             let (um, _, vmt) = svd_desc(&m);
             let o = um * vmt;
-            p_k = p_k * &o;
+            p_k *= &o;
             q_k = o.transpose() * q_k;
             (
                 &w * &p_k * w.transpose() + &complement,
@@ -178,7 +178,7 @@ impl Manifold for Balanced {
         }
     }
     fn applies_at(&self, step: u64) -> bool {
-        step >= self.start_step && (step - self.start_step) % self.every == 0
+        step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
     }
     fn refactor(&self, grams: &PairGrams) -> Result<Option<Refactor>, ManifoldError> {
         Ok(Some(balance(grams, self.gauge, self.rank_tol)))

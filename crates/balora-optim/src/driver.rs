@@ -7,6 +7,12 @@ use burn::optim::GradientsParams;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
 use std::collections::HashMap;
 
+type PairWithGrads<'a, B> = (
+    &'a PairSlot<B>,
+    Tensor<<B as AutodiffBackend>::InnerBackend, 2>,
+    Tensor<<B as AutodiffBackend>::InnerBackend, 2>,
+);
+
 /// Drives an adapter-aware optimizer over a whole autodiff module.
 ///
 /// Pairs (`lora_a`/`lora_b` under one module path) go through
@@ -32,11 +38,7 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
     ) -> M {
         let table = collect_params(&module);
         let mut updates: HashMap<ParamId, Tensor<B, 1>> = HashMap::new();
-        let with_grads: Vec<(
-            &PairSlot<B>,
-            Tensor<B::InnerBackend, 2>,
-            Tensor<B::InnerBackend, 2>,
-        )> = table
+        let with_grads: Vec<PairWithGrads<'_, B>> = table
             .pairs
             .iter()
             .filter_map(|p| {

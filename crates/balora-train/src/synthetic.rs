@@ -52,6 +52,8 @@ pub struct OptimizerSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyntheticConfig {
+    /// Compute backend name (`ndarray`, `wgpu`, `cuda`, `tch`), resolved by the CLI.
+    pub backend: Option<String>,
     /// Layer size d (the layer is d×d).
     pub dim: usize,
     /// Adapter rank r.
@@ -82,6 +84,7 @@ impl Default for SyntheticConfig {
     fn default() -> Self {
         let gauge = |g: &str| Options::default().with("gauge", OptionValue::Str(g.into()));
         Self {
+            backend: None,
             dim: 20,
             rank: 4,
             steps: 100,

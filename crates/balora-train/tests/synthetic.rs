@@ -47,9 +47,11 @@ fn first_sign_step_matches_closed_form() {
 #[test]
 fn balora_beats_lora_with_sign_descent() {
     // A reduced version of the paper's protocol (4 trajectories, 15 learning rates).
-    let mut cfg = SyntheticConfig::default();
-    cfg.trajectories = 4;
-    cfg.lr_count = 15;
+    let mut cfg = SyntheticConfig {
+        trajectories: 4,
+        lr_count: 15,
+        ..Default::default()
+    };
     cfg.optimizers.retain(|o| o.name == "sign");
     let cells = run_experiment::<B>(&cfg, &Default::default(), &|_, _| {}).unwrap();
     let gap100 = |label: &str| {

@@ -73,32 +73,49 @@ fn install(spec: &AssetSpec, cache: &Path, progress: bool) -> Result<(), AssetEr
         .map_err(|e| AssetError::io(cache, e))?;
     let archive = obtain(spec, tmp.path(), progress)?;
     if progress {
-        tracing::info!("{}: verifying sha256 of {}", spec.name, archive.display());
+        tracing::info!(
+            "{}: verifying sha256 and unpacking {}",
+            spec.name,
+            archive.display()
+        );
     }
-    verify_sha256(&archive, spec.sha256)?;
+    let dest = install_from(spec, &archive, cache)?;
+    if progress {
+        tracing::info!("{}: ready in {}", spec.name, dest.display());
+    }
+    Ok(())
+}
+
+/// Installs `spec` from an archive file already on disk: checks the pinned sha256, unpacks
+/// (zip, or tar.gz for `.tgz`) into a temporary folder inside `cache`, writes the marker last and
+/// renames the folder to `cache/<name>`, replacing an incomplete one. Returns that folder.
+pub fn install_from(spec: &AssetSpec, archive: &Path, cache: &Path) -> Result<PathBuf, AssetError> {
+    verify_sha256(archive, spec.sha256)?;
+    std::fs::create_dir_all(cache).map_err(|e| AssetError::io(cache, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".tmp-{}-unpack-", spec.name))
+        .tempdir_in(cache)
+        .map_err(|e| AssetError::io(cache, e))?;
     let out = tmp.path().join("unpacked");
-    let n = if spec.archive.ends_with(".tgz") || spec.archive.ends_with(".tar.gz") {
-        unpack_tgz(&archive, &out)?
+    if spec.archive.ends_with(".tgz") || spec.archive.ends_with(".tar.gz") {
+        unpack_tgz(archive, &out)?;
     } else {
-        unpack_zip(&archive, &out)?
-    };
+        unpack_zip(archive, &out)?;
+    }
     let marker = out.join(crate::MARKER);
     std::fs::write(&marker, marker_text(spec)).map_err(|e| AssetError::io(&marker, e))?;
     let dest = cache.join(spec.name);
     if dest.exists() {
-        // Incomplete or from another archive (`fetch` checked): replace it.
+        // Incomplete or from another archive (callers checked): replace it.
         std::fs::remove_dir_all(&dest).map_err(|e| AssetError::io(&dest, e))?;
     }
     if let Err(e) = std::fs::rename(&out, &dest) {
         // Another process may have installed it meanwhile; fine if it is complete.
-        if !find(cache).is_present(spec.name) {
+        if find(cache).spec_dir(spec).is_err() {
             return Err(AssetError::io(&dest, e));
         }
     }
-    if progress {
-        tracing::info!("{}: {n} files in {}", spec.name, dest.display());
-    }
-    Ok(())
+    find(cache).spec_dir(spec)
 }
 
 /// The archive file: from `$BALORA_ASSET_ARCHIVES` if it holds it, else downloaded into `dir`.

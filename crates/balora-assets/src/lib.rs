@@ -32,7 +32,7 @@
 mod fetch;
 mod unpack;
 
-pub use fetch::{fetch, sha256_file, verify_sha256};
+pub use fetch::{fetch, install_from, sha256_file, verify_sha256};
 pub use unpack::{unpack_tgz, unpack_zip};
 
 use std::path::{Path, PathBuf};
@@ -268,7 +268,11 @@ impl AssetPaths {
     /// The unpacked folder of a named asset, if present and complete (marker names the pinned
     /// archive and hash; key file has its pinned size).
     pub fn dir(&self, name: &str) -> Result<PathBuf, AssetError> {
-        let spec = spec(name)?;
+        self.spec_dir(spec(name)?)
+    }
+
+    /// [`AssetPaths::dir`] for any spec (also ones not in [`ASSETS`]).
+    pub fn spec_dir(&self, spec: &AssetSpec) -> Result<PathBuf, AssetError> {
         let dir = self.root.join(spec.name);
         let missing = |why: String| AssetError::Missing {
             name: spec.name.to_string(),

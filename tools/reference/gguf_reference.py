@@ -60,6 +60,20 @@ def tensor_ref(t):
     }
 
 
+def hf_rows(t, n_head, rows):
+    """Rows of a llama.cpp-permuted attn_q/attn_k tensor in Hugging Face order: the inverse of
+    convert_hf_to_gguf.py's `permute` (reshape(n_head, 2, d/2, cols).swapaxes(1, 2))."""
+    w = dequantize(t.data, t.tensor_type).astype(np.float64)
+    n_rows, cols = w.shape
+    hf = w.reshape(n_head, n_rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(n_rows, cols)
+    return {
+        "gguf": t.name,
+        "n_head": n_head,
+        "rows": rows,
+        "values": [hf[r, :6].tolist() for r in rows],
+    }
+
+
 def bytes_to_unicode():
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -150,6 +164,10 @@ def main(path):
         },
         "tensors": [tensor_ref(tensors[n]) for n in TENSORS],
         "tokenizer": [{"text": t, "ids": bpe.encode(t)} for t in TEXTS],
+        "hf_layout": [
+            dict(hf_rows(tensors["blk.0.attn_q.weight"], 9, [0, 1, 31, 32, 33, 63, 64, 575]), hf="model.layers.0.self_attn.q_proj.weight"),
+            dict(hf_rows(tensors["blk.3.attn_k.weight"], 3, [0, 1, 2, 32, 33, 127, 128, 191]), hf="model.layers.3.self_attn.k_proj.weight"),
+        ],
     }
     json.dump(out, sys.stdout, indent=1, ensure_ascii=False)
     sys.stdout.write("\n")

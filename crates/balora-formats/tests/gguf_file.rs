@@ -378,6 +378,25 @@ fn malformed_files_give_errors_naming_the_file() {
 }
 
 #[test]
+fn tokenizer_bos_template_and_llama3_pre_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = model(3);
+    w.kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
+    w.kv("tokenizer.ggml.pre", 8, s("llama-bpe"))
+        .kv("tokenizer.ggml.add_bos_token", 7, vec![1])
+        .kv(
+            "tokenizer.ggml.bos_token_id",
+            4,
+            0u32.to_le_bytes().to_vec(),
+        );
+    let f = GgufFile::open(write(dir.path(), "bos.gguf", &w.bytes().0)).unwrap();
+    let tok = tokenizer_from_gguf(&f).unwrap();
+    // The Llama-3 split compiles with the pure-Rust regex engine and gives the same pieces here.
+    assert_eq!(tok.encode("abc a", true).unwrap().get_ids(), [0, 6, 7]);
+    assert_eq!(tok.encode("abc a", false).unwrap().get_ids(), [6, 7]);
+}
+
+#[test]
 fn tokenizer_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = model(3);

@@ -3,6 +3,7 @@
 mod backend;
 mod config;
 mod inspect;
+mod plugins_link;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;

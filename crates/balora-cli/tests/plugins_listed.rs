@@ -9,7 +9,11 @@ fn balora_plugins_lists_builtins_and_linked_plugins() {
         .arg("plugins")
         .output()
         .expect("run balora plugins");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let (optimizers, manifolds) = text
         .split_once("manifolds:")
@@ -27,5 +31,8 @@ fn balora_plugins_lists_builtins_and_linked_plugins() {
         );
     }
     // Options are listed under each plugin.
-    assert!(optimizers.contains("ratio") && optimizers.contains("delta"), "{text}");
+    assert!(
+        optimizers.contains("ratio") && optimizers.contains("delta"),
+        "{text}"
+    );
 }

@@ -29,7 +29,10 @@ fn canonical_keeps_product_when_rank_deficient() {
         let rf = balance(&grams, Gauge::Canonical, DEFAULT_RANK_TOL);
         assert_eq!(rf.active_rank, k, "r={r} k={k}");
         let pq = &rf.transform.p * &rf.transform.q;
-        assert!((pq - DMatrix::identity(r, r)).norm() < 1e-9, "P·Q ≠ I (r={r} k={k})");
+        assert!(
+            (pq - DMatrix::identity(r, r)).norm() < 1e-9,
+            "P·Q ≠ I (r={r} k={k})"
+        );
         let (a2, b2) = rf.transform.apply(&a, &b);
         let err = (&b2 * &a2 - &b * &a).norm() / (&b * &a).norm();
         assert!(err < 1e-9, "product changed by {err:e} (r={r} k={k})");
@@ -37,6 +40,9 @@ fn canonical_keeps_product_when_rank_deficient() {
         let ga = &a2 * a2.transpose();
         let gb = b2.transpose() * &b2;
         let diff = (ga.view((0, 0), (k, k)) - gb.view((0, 0), (k, k))).norm();
-        assert!(diff < 1e-8 * ga.norm(), "active block not balanced (r={r} k={k}): {diff:e}");
+        assert!(
+            diff < 1e-8 * ga.norm(),
+            "active block not balanced (r={r} k={k}): {diff:e}"
+        );
     }
 }

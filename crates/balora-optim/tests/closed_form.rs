@@ -26,7 +26,10 @@ fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
 
 fn tensor(m: &DMatrix<f64>) -> Tensor<B, 2> {
     let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-    Tensor::from_data(TensorData::new(rows, [m.nrows(), m.ncols()]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(rows, [m.nrows(), m.ncols()]),
+        &Default::default(),
+    )
 }
 
 fn matrix(t: Tensor<B, 2>) -> DMatrix<f64> {
@@ -39,7 +42,10 @@ fn matrix(t: Tensor<B, 2>) -> DMatrix<f64> {
 fn assert_close(got: &DMatrix<f64>, want: &DMatrix<f64>, what: &str) {
     let scale = want.amax().max(1e-3);
     let err = (got - want).amax() / scale;
-    assert!(err < 2e-5, "{what}: relative error {err:e}\n got {got}\nwant {want}");
+    assert!(
+        err < 2e-5,
+        "{what}: relative error {err:e}\n got {got}\nwant {want}"
+    );
 }
 
 /// Gradients of step t (independent of the parameters: the rules are what is tested).
@@ -55,7 +61,10 @@ fn run(
     lr: f64,
     steps: usize,
 ) -> Vec<(DMatrix<f64>, DMatrix<f64>)> {
-    let (mut a, mut b) = (tensor(&rand_mat(R, N_IN, 1)), tensor(&rand_mat(N_OUT, R, 2)));
+    let (mut a, mut b) = (
+        tensor(&rand_mat(R, N_IN, 1)),
+        tensor(&rand_mat(N_OUT, R, 2)),
+    );
     let mut out = Vec::new();
     for t in 0..steps {
         let (ga, gb) = grads(t);
@@ -182,8 +191,16 @@ fn adamw_transport_carries_first_moments_exactly() {
             );
             a = ra.step(&a, &ga, lr);
             b = rb.step(&b, &gb, lr);
-            assert_close(&matrix(na.clone()), &a, &format!("A step {t} transport={transport}"));
-            assert_close(&matrix(nb.clone()), &b, &format!("B step {t} transport={transport}"));
+            assert_close(
+                &matrix(na.clone()),
+                &a,
+                &format!("A step {t} transport={transport}"),
+            );
+            assert_close(
+                &matrix(nb.clone()),
+                &b,
+                &format!("B step {t} transport={transport}"),
+            );
             (ta, tb) = (na, nb);
         }
     }
@@ -199,7 +216,10 @@ fn sgd_momentum_matches_closed_form() {
         let mut opt = build_optimizer::<B>("sgd", &opts).unwrap();
         let got = run(opt.as_mut(), lr, steps);
         let (mut a, mut b) = (rand_mat(R, N_IN, 1), rand_mat(N_OUT, R, 2));
-        let (mut ma, mut mb) = (DMatrix::<f64>::zeros(R, N_IN), DMatrix::<f64>::zeros(N_OUT, R));
+        let (mut ma, mut mb) = (
+            DMatrix::<f64>::zeros(R, N_IN),
+            DMatrix::<f64>::zeros(N_OUT, R),
+        );
         for (t, (a_got, b_got)) in got.iter().enumerate() {
             let (ga, gb) = grads(t);
             for i in 0..a.len() {
@@ -246,6 +266,9 @@ fn unknown_optimizer_lists_registered_names() {
 #[test]
 fn unknown_option_key_is_rejected_with_allowed_keys() {
     let opts = Options::default().with("beta3", OptionValue::Float(0.5));
-    let err = build_optimizer::<B>("adamw", &opts).err().expect("must fail").to_string();
+    let err = build_optimizer::<B>("adamw", &opts)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("beta3") && err.contains("beta2"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! **balora**: fine-tune models with LoRA and balanced LoRA (BaLoRA) on [burn](burn).
+//! **balora**: fine-tune models with LoRA and balanced LoRA (BaLoRA) on [burn].
 //!
 //! This crate gathers the public API of the workspace's crates under one name:
 //!

@@ -22,7 +22,10 @@ fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
 
 fn tensor(m: &DMatrix<f64>) -> Tensor<B, 2> {
     let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-    Tensor::from_data(TensorData::new(rows, [m.nrows(), m.ncols()]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(rows, [m.nrows(), m.ncols()]),
+        &Default::default(),
+    )
 }
 
 fn matrix(t: Tensor<B, 2>) -> DMatrix<f64> {
@@ -65,10 +68,19 @@ fn check(ratio: Option<f64>, steps: usize) {
     let mut opt = build_optimizer::<B>("loraplus", &opts).unwrap();
     let (mut a, mut b) = (rand_mat(r, n_in, 1), rand_mat(n_out, r, 2));
     let (mut ta, mut tb) = (tensor(&a), tensor(&b));
-    let (mut ma, mut va) = (DMatrix::<f64>::zeros(r, n_in), DMatrix::<f64>::zeros(r, n_in));
-    let (mut mb, mut vb) = (DMatrix::<f64>::zeros(n_out, r), DMatrix::<f64>::zeros(n_out, r));
+    let (mut ma, mut va) = (
+        DMatrix::<f64>::zeros(r, n_in),
+        DMatrix::<f64>::zeros(r, n_in),
+    );
+    let (mut mb, mut vb) = (
+        DMatrix::<f64>::zeros(n_out, r),
+        DMatrix::<f64>::zeros(n_out, r),
+    );
     for t in 0..steps {
-        let (ga, gb) = (rand_mat(r, n_in, 10 + t as u64), rand_mat(n_out, r, 50 + t as u64));
+        let (ga, gb) = (
+            rand_mat(r, n_in, 10 + t as u64),
+            rand_mat(n_out, r, 50 + t as u64),
+        );
         (ta, tb) = opt.step_pair(
             "blocks.0.mlp",
             lr,
@@ -84,7 +96,11 @@ fn check(ratio: Option<f64>, steps: usize) {
         adamw_ref(&mut b, &mut mb, &mut vb, &gb, t as i32 + 1, lambda * lr, hp);
         for (got, want, name) in [(matrix(ta.clone()), &a, "A"), (matrix(tb.clone()), &b, "B")] {
             let err = (&got - want).amax() / want.amax();
-            assert!(err < 2e-6, "{name} after {} steps (λ={lambda}): rel err {err:e}", t + 1);
+            assert!(
+                err < 2e-6,
+                "{name} after {} steps (λ={lambda}): rel err {err:e}",
+                t + 1
+            );
         }
     }
 }
@@ -131,8 +147,14 @@ fn registered_and_found_by_name_and_options_validated() {
     let bad = Options::default().with("ratio", OptionValue::Float(-1.0));
     assert!(build_optimizer::<B>("loraplus", &bad).is_err());
     let unknown = Options::default().with("lambda", OptionValue::Float(2.0));
-    let err = build_optimizer::<B>("loraplus", &unknown).err().unwrap().to_string();
+    let err = build_optimizer::<B>("loraplus", &unknown)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("lambda") && err.contains("ratio"), "{err}");
-    let err = build_optimizer::<B>("lora+", &Options::default()).err().unwrap().to_string();
+    let err = build_optimizer::<B>("lora+", &Options::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("loraplus") && err.contains("adamw"), "{err}");
 }

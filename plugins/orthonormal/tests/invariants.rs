@@ -62,14 +62,21 @@ fn rank_deficient_a_keeps_product_and_null_directions() {
     assert_eq!(rf.active_rank, 2);
     assert!(rf.is_rank_deficient());
     let (a2, b2) = rf.transform.apply(&a, &b);
-    assert!((&b2 * &a2 - &b * &a).amax() < 1e-10 * (&b * &a).amax(), "product changed");
+    assert!(
+        (&b2 * &a2 - &b * &a).amax() < 1e-10 * (&b * &a).amax(),
+        "product changed"
+    );
     let pq = &rf.transform.p * &rf.transform.q;
     assert!((pq - DMatrix::identity(r, r)).amax() < 1e-9, "P·Q ≠ I");
     // A'A'ᵀ is the orthogonal projector onto A's row-space directions in gauge space:
     // idempotent, rank 2, and it fixes the columns of `mix` (which span that space).
     let g = &a2 * a2.transpose();
     assert!((&g * &g - &g).amax() < 1e-9, "A'A'ᵀ not a projector");
-    assert!((g.trace() - 2.0).abs() < 1e-9, "projector rank {}", g.trace());
+    assert!(
+        (g.trace() - 2.0).abs() < 1e-9,
+        "projector rank {}",
+        g.trace()
+    );
     assert!((&g * &mix - &mix).amax() < 1e-9);
     // The null direction of AAᵀ is left alone: B's component along it is unchanged.
     let null = {
@@ -99,14 +106,20 @@ fn registered_found_by_name_and_options_checked() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("orthonormal") && err.contains("balanced"), "{err}");
+    assert!(
+        err.contains("orthonormal") && err.contains("balanced"),
+        "{err}"
+    );
     let bad = Options::default().with("gauge", OptionValue::Str("closest".into()));
     assert!(build_manifold("orthonormal", &bad).is_err());
     let bad = Options::default().with("every", OptionValue::Int(0));
     assert!(build_manifold("orthonormal", &bad).is_err());
     let every3 = Options::default().with("every", OptionValue::Int(3));
     let m = build_manifold("orthonormal", &every3).unwrap();
-    assert_eq!((1..=7).filter(|&s| m.applies_at(s)).collect::<Vec<_>>(), [1, 4, 7]);
+    assert_eq!(
+        (1..=7).filter(|&s| m.applies_at(s)).collect::<Vec<_>>(),
+        [1, 4, 7]
+    );
 }
 
 #[test]

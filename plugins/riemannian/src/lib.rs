@@ -214,21 +214,34 @@ impl RiemannianFactory {
                 let momentum = opts.f64_or("momentum", 0.0)?;
                 let weight_decay = opts.f64_or("weight_decay", 0.0)?;
                 if !(0.0..1.0).contains(&momentum) {
-                    return Err(bad("momentum", format!("must be in [0, 1), got {momentum}")));
+                    return Err(bad(
+                        "momentum",
+                        format!("must be in [0, 1), got {momentum}"),
+                    ));
                 }
                 if weight_decay < 0.0 {
-                    return Err(bad("weight_decay", format!("must be ≥ 0, got {weight_decay}")));
+                    return Err(bad(
+                        "weight_decay",
+                        format!("must be ≥ 0, got {weight_decay}"),
+                    ));
                 }
                 BaseRule::Sgd {
                     momentum,
                     weight_decay,
                 }
             }
-            _ => BaseRule::AdamW(adamw_params(opts, SECTION, &["base", "delta", "transport"])?),
+            _ => BaseRule::AdamW(adamw_params(
+                opts,
+                SECTION,
+                &["base", "delta", "transport"],
+            )?),
         };
         let delta = opts.f64_or("delta", DEFAULT_DELTA)?;
         if !(delta.is_finite() && delta > 0.0) {
-            return Err(bad("delta", format!("must be a positive number, got {delta}")));
+            return Err(bad(
+                "delta",
+                format!("must be a positive number, got {delta}"),
+            ));
         }
         Ok(Self {
             base,

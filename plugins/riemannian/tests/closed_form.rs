@@ -28,7 +28,10 @@ fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
 
 fn tensor<Bk: burn::tensor::backend::Backend>(m: &DMatrix<f64>) -> Tensor<Bk, 2> {
     let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-    Tensor::from_data(TensorData::new(rows, [m.nrows(), m.ncols()]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(rows, [m.nrows(), m.ncols()]),
+        &Default::default(),
+    )
 }
 
 fn matrix<Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
@@ -75,9 +78,15 @@ fn sgd_momentum_base_matches_closed_form() {
         assert!(opt.wants_grams());
         let (mut a, mut b) = (rand_mat(r, n_in, 1), rand_mat(n_out, r, 2));
         let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
-        let (mut ma, mut mb) = (DMatrix::<f64>::zeros(r, n_in), DMatrix::<f64>::zeros(n_out, r));
+        let (mut ma, mut mb) = (
+            DMatrix::<f64>::zeros(r, n_in),
+            DMatrix::<f64>::zeros(n_out, r),
+        );
         for t in 0..steps {
-            let (ga, gb) = (rand_mat(r, n_in, 10 + t as u64), rand_mat(n_out, r, 30 + t as u64));
+            let (ga, gb) = (
+                rand_mat(r, n_in, 10 + t as u64),
+                rand_mat(n_out, r, 30 + t as u64),
+            );
             // grams: None exercises the plugin's own device-side Gram path.
             (ta, tb) = opt.step_pair(
                 "l",
@@ -95,8 +104,15 @@ fn sgd_momentum_base_matches_closed_form() {
             mb = mb * mu + pb;
             a -= &ma * lr;
             b -= &mb * lr;
-            let (ea, eb) = (rel_err(&matrix(ta.clone()), &a), rel_err(&matrix(tb.clone()), &b));
-            assert!(ea < 1e-5 && eb < 1e-5, "step {}: errors {ea:e} {eb:e}", t + 1);
+            let (ea, eb) = (
+                rel_err(&matrix(ta.clone()), &a),
+                rel_err(&matrix(tb.clone()), &b),
+            );
+            assert!(
+                ea < 1e-5 && eb < 1e-5,
+                "step {}: errors {ea:e} {eb:e}",
+                t + 1
+            );
         }
     }
 }
@@ -113,8 +129,14 @@ fn adamw_base_matches_closed_form() {
     let (mut a, mut b) = (rand_mat(r, n_in, 3), rand_mat(n_out, r, 4));
     let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
     let mut state = [
-        (DMatrix::<f64>::zeros(r, n_in), DMatrix::<f64>::zeros(r, n_in)),
-        (DMatrix::<f64>::zeros(n_out, r), DMatrix::<f64>::zeros(n_out, r)),
+        (
+            DMatrix::<f64>::zeros(r, n_in),
+            DMatrix::<f64>::zeros(r, n_in),
+        ),
+        (
+            DMatrix::<f64>::zeros(n_out, r),
+            DMatrix::<f64>::zeros(n_out, r),
+        ),
     ];
     for t in 1..=5 {
         let (ga, gb) = (rand_mat(r, n_in, 60 + t), rand_mat(n_out, r, 90 + t));
@@ -141,7 +163,10 @@ fn adamw_base_matches_closed_form() {
                 theta[i] = theta[i] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
             }
         }
-        let (ea, eb) = (rel_err(&matrix(ta.clone()), &a), rel_err(&matrix(tb.clone()), &b));
+        let (ea, eb) = (
+            rel_err(&matrix(ta.clone()), &a),
+            rel_err(&matrix(tb.clone()), &b),
+        );
         assert!(ea < 1e-5 && eb < 1e-5, "step {t}: errors {ea:e} {eb:e}");
     }
 }
@@ -195,7 +220,10 @@ fn registered_options_validated() {
     let bad = Options::default().with("delta", OptionValue::Float(0.0));
     assert!(build_optimizer::<B>("riemannian", &bad).is_err());
     let bad = Options::default().with("base", OptionValue::Str("lion".into()));
-    let err = build_optimizer::<B>("riemannian", &bad).err().unwrap().to_string();
+    let err = build_optimizer::<B>("riemannian", &bad)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("sgd") && err.contains("adamw"), "{err}");
     // beta1 belongs to the AdamW base only.
     let bad = Options::default()

@@ -150,7 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    if !(last < first) {
+    if !last.is_finite() || last >= first {
         return Err(format!("loss did not go down: {first} → {last}").into());
     }
     println!("loss {first:.4} → {last:.4}");

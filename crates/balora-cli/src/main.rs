@@ -4,6 +4,7 @@ mod assets;
 mod backend;
 mod config;
 mod inspect;
+mod plugins_link;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;

@@ -27,7 +27,7 @@
 
 pub mod balanced;
 pub mod diagnostics;
-mod linalg;
+pub mod linalg;
 mod options;
 mod registry;
 

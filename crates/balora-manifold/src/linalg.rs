@@ -1,9 +1,12 @@
 //! Small f64 helpers on r×r symmetric matrices (nalgebra does the factorizations).
+//!
+//! Public so that manifold plugins reuse the same eigenvalue ordering, clamping and rank
+//! thresholds as [`balanced`](crate::balanced) instead of copying them.
 
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 /// Eigen-decomposition of a symmetric PSD matrix, eigenvalues sorted descending and clamped ≥ 0.
-pub(crate) fn sym_eig_desc(m: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
+pub fn sym_eig_desc(m: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
     let n = m.nrows();
     if n == 0 {
         return (DVector::zeros(0), DMatrix::zeros(0, 0));
@@ -20,7 +23,7 @@ pub(crate) fn sym_eig_desc(m: &DMatrix<f64>) -> (DVector<f64>, DMatrix<f64>) {
 }
 
 /// Splits the eigenvectors of a PSD matrix into (active, null) by `λ > tol·λ_max`.
-pub(crate) fn split_range(m: &DMatrix<f64>, rel_tol: f64) -> (DMatrix<f64>, DMatrix<f64>) {
+pub fn split_range(m: &DMatrix<f64>, rel_tol: f64) -> (DMatrix<f64>, DMatrix<f64>) {
     let n = m.nrows();
     let (vals, vecs) = sym_eig_desc(m);
     let lmax = if n == 0 { 0.0 } else { vals[0] };
@@ -36,7 +39,7 @@ pub(crate) fn split_range(m: &DMatrix<f64>, rel_tol: f64) -> (DMatrix<f64>, DMat
 }
 
 /// `(S, S⁻¹)` with `S = M^{1/2}` for a symmetric positive-definite M.
-pub(crate) fn sqrt_and_inv_sqrt(m: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
+pub fn sqrt_and_inv_sqrt(m: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
     let (vals, vecs) = sym_eig_desc(m);
     let s = vals.map(f64::sqrt);
     let s_inv = s.map(|v| 1.0 / v);
@@ -47,7 +50,7 @@ pub(crate) fn sqrt_and_inv_sqrt(m: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>
 }
 
 /// Thin SVD `M = U·diag(σ)·Vᵀ` of a square matrix, σ descending.
-pub(crate) fn svd_desc(m: &DMatrix<f64>) -> (DMatrix<f64>, DVector<f64>, DMatrix<f64>) {
+pub fn svd_desc(m: &DMatrix<f64>) -> (DMatrix<f64>, DVector<f64>, DMatrix<f64>) {
     let svd = m.clone().svd(true, true);
     let (u, vt) = (
         svd.u.expect("svd was asked for U"),

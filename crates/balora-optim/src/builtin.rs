@@ -19,6 +19,47 @@ pub fn upload<B: Backend>(m: &balora_manifold::DMatrix<f64>, device: &B::Device)
     Tensor::from_data(TensorData::new(rows, [m.nrows(), m.ncols()]), device)
 }
 
+/// How a state buffer changes when the manifold re-factors `(A, B) → (Q·A, B·P)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MomentKind {
+    /// The buffer is a running average of raw gradients (AdamW's `m`, SGD's momentum), which
+    /// transform like gradients: `m_A ← Pᵀ·m_A`, `m_B ← m_B·Qᵀ`.
+    Gradient,
+    /// The buffer is a running average of *update directions that transform like the factors
+    /// themselves*: `m_A ← Q·m_A`, `m_B ← m_B·P`. Riemannian-preconditioned gradients
+    /// `(BᵀB)⁻¹∇A`, `∇B(AAᵀ)⁻¹` are of this kind (exactly for δ = 0).
+    Factor,
+}
+
+/// Carries buffer `buf` of adapter `key`'s two factor slots into the new gauge (see [`MomentKind`]).
+/// Slots that do not exist yet (no step taken) are left alone.
+pub fn transport_buffers<B: Backend>(
+    store: &mut StateStore<B>,
+    key: &str,
+    t: &GaugeTransform,
+    buf: usize,
+    kind: MomentKind,
+) {
+    let r = t.p.nrows();
+    let (ka, kb) = factor_keys(key);
+    let (left_a, right_b) = match kind {
+        MomentKind::Gradient => (t.p.transpose(), t.q.transpose()),
+        MomentKind::Factor => (t.q.clone(), t.p.clone()),
+    };
+    if let Some(slot) = store.slots.get_mut(&ka) {
+        let m = slot.bufs[buf].clone();
+        let n = m.dims()[0];
+        let left = upload::<B>(&left_a, &m.device());
+        slot.bufs[buf] = left.matmul(m.reshape([r, n / r])).reshape([n]);
+    }
+    if let Some(slot) = store.slots.get_mut(&kb) {
+        let m = slot.bufs[buf].clone();
+        let n = m.dims()[0];
+        let right = upload::<B>(&right_b, &m.device());
+        slot.bufs[buf] = m.reshape([n / r, r]).matmul(right).reshape([n]);
+    }
+}
+
 /// Carries a first-moment buffer of A (`m_A ← Pᵀ·m_A`) or B (`m_B ← m_B·Qᵀ`) into new coordinates.
 pub fn transport_first_moments<B: Backend>(
     store: &mut StateStore<B>,
@@ -26,20 +67,7 @@ pub fn transport_first_moments<B: Backend>(
     t: &GaugeTransform,
     buf: usize,
 ) {
-    let r = t.p.nrows();
-    let (ka, kb) = factor_keys(key);
-    if let Some(slot) = store.slots.get_mut(&ka) {
-        let m = slot.bufs[buf].clone();
-        let n = m.dims()[0];
-        let pt = upload::<B>(&t.p.transpose(), &m.device());
-        slot.bufs[buf] = pt.matmul(m.reshape([r, n / r])).reshape([n]);
-    }
-    if let Some(slot) = store.slots.get_mut(&kb) {
-        let m = slot.bufs[buf].clone();
-        let n = m.dims()[0];
-        let qt = upload::<B>(&t.q.transpose(), &m.device());
-        slot.bufs[buf] = m.reshape([n / r, r]).matmul(qt).reshape([n]);
-    }
+    transport_buffers(store, key, t, buf, MomentKind::Gradient);
 }
 
 /// AdamW (decoupled weight decay). Option `transport`: carry first moments across re-factorisations.

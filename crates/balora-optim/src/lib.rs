@@ -23,10 +23,15 @@ mod driver;
 mod registry;
 pub mod rules;
 
+/// Re-exported so plugin crates register without naming `inventory` themselves.
+pub use balora_manifold::inventory;
 pub use balora_manifold::{
     GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams,
 };
-pub use builtin::{AdamW, Sgd, SignDescent};
+pub use builtin::{
+    adamw_params, factor_keys, transport_buffers, transport_first_moments, upload, AdamW,
+    MomentKind, Sgd, SignDescent,
+};
 pub use driver::OptimizerDriver;
 pub use registry::{
     build_optimizer, optimizer_entries, ErasedFactory, OptimizerEntry, OptimizerFactory,

@@ -1,0 +1,149 @@
+//! LoRA+ (Hayou, Ghosh, Yu, ICML 2024) as a balora optimizer plugin.
+//!
+//! AdamW on both factors, but the learning rate of B is `λ·η` while A's is `η` (λ = `ratio`,
+//! 16 by default). The element-wise AdamW rule is [`balora_optim::rules::adamw_update`]; this crate
+//! only chooses the per-factor learning rates, which is why it needs to see the (A, B) pair
+//! together. Optional `transport` carries the first moments across re-factorisations exactly like
+//! the built-in AdamW.
+//!
+//! Registered as `loraplus`; link the crate (e.g. `extern crate balora_plugin_loraplus;`) and
+//! build it by name:
+//!
+//! ```
+//! extern crate balora_plugin_loraplus;
+//! use balora_optim::{build_optimizer, OptionValue, Options};
+//! use burn::backend::NdArray;
+//! let opts = Options::default().with("ratio", OptionValue::Float(8.0));
+//! let opt = build_optimizer::<NdArray>("loraplus", &opts).unwrap();
+//! assert_eq!(opt.name(), "loraplus");
+//! ```
+
+use balora_optim::rules::{adamw_update, AdamWParams, StateStore};
+use balora_optim::{
+    adamw_params, factor_keys, transport_first_moments, AdapterOptimizer, GaugeTransform,
+    OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options, OptionsError, PairStep,
+};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+/// Default ratio λ = η_B / η_A.
+pub const DEFAULT_RATIO: f64 = 16.0;
+
+/// LoRA+ on top of AdamW.
+#[derive(Debug, Clone)]
+pub struct LoraPlus<B: Backend> {
+    /// AdamW hyper-parameters (shared by both factors).
+    pub hp: AdamWParams,
+    /// λ: B's learning rate is `λ·lr`, A's is `lr`.
+    pub ratio: f64,
+    /// Carry first moments into the manifold's new gauge.
+    pub transport: bool,
+    store: StateStore<B>,
+}
+
+impl<B: Backend> LoraPlus<B> {
+    /// A fresh optimizer.
+    pub fn new(hp: AdamWParams, ratio: f64, transport: bool) -> Self {
+        Self {
+            hp,
+            ratio,
+            transport,
+            store: StateStore::new(&["m", "v"]),
+        }
+    }
+}
+
+impl<B: Backend> AdapterOptimizer<B> for LoraPlus<B> {
+    fn name(&self) -> &str {
+        "loraplus"
+    }
+
+    fn step_pair(&mut self, key: &str, lr: f64, p: PairStep<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let (ka, kb) = factor_keys(key);
+        let a = adamw_update(&mut self.store, &ka, &self.hp, lr, p.a, p.grad_a);
+        let b = adamw_update(
+            &mut self.store,
+            &kb,
+            &self.hp,
+            lr * self.ratio,
+            p.b,
+            p.grad_b,
+        );
+        (a, b)
+    }
+
+    /// Parameters that are not LoRA factors (heads, …) use the base learning rate.
+    fn step_param(&mut self, key: &str, lr: f64, v: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
+        adamw_update(&mut self.store, key, &self.hp, lr, v, g)
+    }
+
+    fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
+        if self.transport {
+            transport_first_moments(&mut self.store, key, t, 0);
+        }
+    }
+
+    fn state(&self) -> Vec<(String, TensorData)> {
+        self.store.export()
+    }
+
+    fn load_state(
+        &mut self,
+        state: Vec<(String, TensorData)>,
+        device: &B::Device,
+    ) -> Result<(), OptimError> {
+        self.store.import(state, device)
+    }
+}
+
+/// Parsed options; builds a [`LoraPlus`] for any backend.
+#[derive(Debug, Clone, Copy)]
+pub struct LoraPlusFactory {
+    /// AdamW hyper-parameters.
+    pub hp: AdamWParams,
+    /// λ.
+    pub ratio: f64,
+    /// First-moment transport.
+    pub transport: bool,
+}
+
+impl LoraPlusFactory {
+    /// From config options: the AdamW keys plus `ratio` and `transport`.
+    pub fn from_options(opts: &Options) -> Result<Self, OptimError> {
+        let hp = adamw_params(opts, "optimizer.loraplus", &["ratio", "transport"])?;
+        let ratio = opts.f64_or("ratio", DEFAULT_RATIO)?;
+        if !(ratio.is_finite() && ratio > 0.0) {
+            return Err(OptionsError::BadValue {
+                key: "ratio".into(),
+                message: format!("must be a positive number, got {ratio}"),
+            }
+            .into());
+        }
+        Ok(Self {
+            hp,
+            ratio,
+            transport: opts.bool_or("transport", false)?,
+        })
+    }
+}
+
+impl OptimizerFactory for LoraPlusFactory {
+    fn build<B: Backend>(&self) -> Box<dyn AdapterOptimizer<B>> {
+        Box::new(LoraPlus::<B>::new(self.hp, self.ratio, self.transport))
+    }
+}
+
+balora_optim::inventory::submit! {
+    OptimizerEntry {
+        name: "loraplus",
+        description: "LoRA+: AdamW with B's learning rate λ·(A's) (Hayou et al., 2024)",
+        options: &[
+            OptionDoc { key: "ratio", default: "16", help: "λ = lr_B / lr_A" },
+            OptionDoc { key: "beta1", default: "0.9", help: "first-moment decay" },
+            OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
+            OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
+            OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ_wd" },
+            OptionDoc { key: "transport", default: "false", help: "carry first moments into the manifold's new gauge" },
+        ],
+        build: |opts| Ok(Box::new(LoraPlusFactory::from_options(opts)?)),
+    }
+}

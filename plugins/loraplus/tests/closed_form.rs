@@ -1,0 +1,160 @@
+//! LoRA+ against AdamW written out element by element in f64 with B's learning rate λ·η.
+//! Also: the plugin crate registers itself and is found by name.
+
+extern crate balora_plugin_loraplus;
+
+use balora_optim::{build_optimizer, optimizer_entries, OptionValue, Options, PairStep};
+use burn::backend::NdArray;
+use burn::tensor::{Tensor, TensorData};
+use nalgebra::DMatrix;
+
+type B = NdArray;
+
+fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    DMatrix::from_fn(rows, cols, |_, _| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    })
+}
+
+fn tensor(m: &DMatrix<f64>) -> Tensor<B, 2> {
+    let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
+    Tensor::from_data(
+        TensorData::new(rows, [m.nrows(), m.ncols()]),
+        &Default::default(),
+    )
+}
+
+fn matrix(t: Tensor<B, 2>) -> DMatrix<f64> {
+    let [r, c] = t.dims();
+    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
+    DMatrix::from_row_slice(r, c, &v)
+}
+
+/// One element-wise AdamW step in f64 with bias correction and decoupled decay.
+#[allow(clippy::too_many_arguments)]
+fn adamw_ref(
+    theta: &mut DMatrix<f64>,
+    m: &mut DMatrix<f64>,
+    v: &mut DMatrix<f64>,
+    g: &DMatrix<f64>,
+    t: i32,
+    lr: f64,
+    (b1, b2, eps, wd): (f64, f64, f64, f64),
+) {
+    for i in 0..theta.len() {
+        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+        let mhat = m[i] / (1.0 - b1.powi(t));
+        let vhat = v[i] / (1.0 - b2.powi(t));
+        theta[i] = theta[i] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
+    }
+}
+
+fn check(ratio: Option<f64>, steps: usize) {
+    let (r, n_in, n_out) = (2, 6, 5);
+    let lr = 1e-3;
+    let hp = (0.9, 0.99, 1e-8, 0.05);
+    let mut opts = Options::default()
+        .with("beta2", OptionValue::Float(hp.1))
+        .with("weight_decay", OptionValue::Float(hp.3));
+    if let Some(l) = ratio {
+        opts = opts.with("ratio", OptionValue::Float(l));
+    }
+    let lambda = ratio.unwrap_or(16.0);
+    let mut opt = build_optimizer::<B>("loraplus", &opts).unwrap();
+    let (mut a, mut b) = (rand_mat(r, n_in, 1), rand_mat(n_out, r, 2));
+    let (mut ta, mut tb) = (tensor(&a), tensor(&b));
+    let (mut ma, mut va) = (
+        DMatrix::<f64>::zeros(r, n_in),
+        DMatrix::<f64>::zeros(r, n_in),
+    );
+    let (mut mb, mut vb) = (
+        DMatrix::<f64>::zeros(n_out, r),
+        DMatrix::<f64>::zeros(n_out, r),
+    );
+    for t in 0..steps {
+        let (ga, gb) = (
+            rand_mat(r, n_in, 10 + t as u64),
+            rand_mat(n_out, r, 50 + t as u64),
+        );
+        (ta, tb) = opt.step_pair(
+            "blocks.0.mlp",
+            lr,
+            PairStep {
+                a: ta,
+                b: tb,
+                grad_a: tensor(&ga),
+                grad_b: tensor(&gb),
+                grams: None,
+            },
+        );
+        adamw_ref(&mut a, &mut ma, &mut va, &ga, t as i32 + 1, lr, hp);
+        adamw_ref(&mut b, &mut mb, &mut vb, &gb, t as i32 + 1, lambda * lr, hp);
+        for (got, want, name) in [(matrix(ta.clone()), &a, "A"), (matrix(tb.clone()), &b, "B")] {
+            let err = (&got - want).amax() / want.amax();
+            assert!(
+                err < 2e-6,
+                "{name} after {} steps (λ={lambda}): rel err {err:e}",
+                t + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn one_step_default_ratio_16() {
+    check(None, 1);
+}
+
+#[test]
+fn several_steps_custom_ratio() {
+    check(Some(4.0), 6);
+}
+
+#[test]
+fn b_moves_ratio_times_further_on_first_step() {
+    // First AdamW step is ±lr per element (|g| ≫ ε), so |ΔB| / |ΔA| = λ exactly.
+    let opts = Options::default().with("ratio", OptionValue::Int(8));
+    let mut opt = build_optimizer::<B>("loraplus", &opts).unwrap();
+    let (a, b) = (rand_mat(2, 3, 3), rand_mat(3, 2, 4));
+    let (na, nb) = opt.step_pair(
+        "k",
+        0.01,
+        PairStep {
+            a: tensor(&a),
+            b: tensor(&b),
+            grad_a: tensor(&rand_mat(2, 3, 5)),
+            grad_b: tensor(&rand_mat(3, 2, 6)),
+            grams: None,
+        },
+    );
+    let da = (matrix(na) - a).abs();
+    let db = (matrix(nb) - b).abs();
+    assert!(da.iter().all(|v| (v - 0.01).abs() < 1e-6), "{da}");
+    assert!(db.iter().all(|v| (v - 0.08).abs() < 1e-6), "{db}");
+}
+
+#[test]
+fn registered_and_found_by_name_and_options_validated() {
+    let entry = optimizer_entries()
+        .find(|e| e.name == "loraplus")
+        .expect("the plugin crate registers `loraplus`");
+    assert!(entry.options.iter().any(|o| o.key == "ratio"));
+    let bad = Options::default().with("ratio", OptionValue::Float(-1.0));
+    assert!(build_optimizer::<B>("loraplus", &bad).is_err());
+    let unknown = Options::default().with("lambda", OptionValue::Float(2.0));
+    let err = build_optimizer::<B>("loraplus", &unknown)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("lambda") && err.contains("ratio"), "{err}");
+    let err = build_optimizer::<B>("lora+", &Options::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("loraplus") && err.contains("adamw"), "{err}");
+}

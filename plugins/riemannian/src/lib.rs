@@ -1,0 +1,276 @@
+//! Riemannian-preconditioned LoRA (Zhang & Pilanci, ICML 2024) as a balora optimizer plugin.
+//!
+//! Before the base update, the gradients are preconditioned with the r×r Grams of the pair:
+//!
+//! ```text
+//! ∇A ← (BᵀB + δI)⁻¹ ∇A        ∇B ← ∇B (AAᵀ + δI)⁻¹
+//! ```
+//!
+//! then SGD (with momentum) or AdamW is applied with the element-wise rules of
+//! [`balora_optim::rules`]. The Grams come from the driver's one batched transfer for all adapters
+//! ([`AdapterOptimizer::wants_grams`]); the two r×r inverses are computed on the host in f64
+//! (Cholesky) and uploaded, so the device work is two thin matmuls per adapter.
+//!
+//! **Gauge equivariance.** With δ = 0 the preconditioned gradients transform like the factors
+//! themselves under `(A, B) → (Q·A, B·P)`: `(B'ᵀB')⁻¹∇A' = Q·(BᵀB)⁻¹∇A`. So buffers that
+//! average preconditioned gradients are carried with `m_A ← Q·m_A`, `m_B ← m_B·P`
+//! ([`MomentKind::Factor`]), not like raw gradients; option `transport` does that.
+//!
+//! ```
+//! extern crate balora_plugin_riemannian;
+//! use balora_optim::{build_optimizer, OptionValue, Options};
+//! use burn::backend::NdArray;
+//! let opts = Options::default()
+//!     .with("base", OptionValue::Str("sgd".into()))
+//!     .with("delta", OptionValue::Float(1e-4));
+//! let opt = build_optimizer::<NdArray>("riemannian", &opts).unwrap();
+//! assert!(opt.wants_grams());
+//! ```
+
+use balora_manifold::DMatrix;
+use balora_optim::rules::{adamw_update, sgd_update, AdamWParams, StateStore};
+use balora_optim::{
+    adamw_params, factor_keys, transport_buffers, upload, AdapterOptimizer, GaugeTransform,
+    MomentKind, OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options, OptionsError,
+    PairGrams, PairStep,
+};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+/// Default damping δ.
+pub const DEFAULT_DELTA: f64 = 1e-6;
+
+/// The update applied to the preconditioned gradients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BaseRule {
+    /// SGD with momentum μ (0 = none) and decoupled weight decay.
+    Sgd {
+        /// μ.
+        momentum: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+    /// AdamW.
+    AdamW(AdamWParams),
+}
+
+/// `(M + δI)⁻¹` of a symmetric PSD r×r matrix, in f64.
+///
+/// Cholesky first; if `M + δI` is not numerically positive definite (δ tiny against rounding
+/// noise), the symmetric eigen-decomposition with eigenvalues clamped at δ.
+pub fn damped_inverse(m: &DMatrix<f64>, delta: f64) -> DMatrix<f64> {
+    let r = m.nrows();
+    let damped = m + DMatrix::identity(r, r) * delta;
+    match damped.clone().cholesky() {
+        Some(ch) => ch.inverse(),
+        None => {
+            let (vals, vecs) = balora_manifold::linalg::sym_eig_desc(m);
+            let inv = vals.map(|v| 1.0 / (v.max(0.0) + delta));
+            &vecs * DMatrix::from_diagonal(&inv) * vecs.transpose()
+        }
+    }
+}
+
+/// Riemannian-preconditioned SGD / AdamW.
+#[derive(Debug, Clone)]
+pub struct Riemannian<B: Backend> {
+    /// Base rule.
+    pub base: BaseRule,
+    /// Damping δ > 0.
+    pub delta: f64,
+    /// Carry the first-moment buffer into the manifold's new gauge (as a [`MomentKind::Factor`]).
+    pub transport: bool,
+    store: StateStore<B>,
+}
+
+impl<B: Backend> Riemannian<B> {
+    /// A fresh optimizer.
+    pub fn new(base: BaseRule, delta: f64, transport: bool) -> Self {
+        let names: &'static [&'static str] = match base {
+            BaseRule::Sgd { .. } => &["m"],
+            BaseRule::AdamW(_) => &["m", "v"],
+        };
+        Self {
+            base,
+            delta,
+            transport,
+            store: StateStore::new(names),
+        }
+    }
+
+    fn update<const D: usize>(
+        &mut self,
+        key: &str,
+        lr: f64,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        match self.base {
+            BaseRule::Sgd {
+                momentum,
+                weight_decay,
+            } => sgd_update(
+                &mut self.store,
+                key,
+                momentum,
+                weight_decay,
+                lr,
+                param,
+                grad,
+            ),
+            BaseRule::AdamW(hp) => adamw_update(&mut self.store, key, &hp, lr, param, grad),
+        }
+    }
+}
+
+/// Grams computed on the device when the caller did not supply them.
+fn grams_on_device<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> PairGrams {
+    let r = a.dims()[0];
+    let host = |t: Tensor<B, 2>| -> DMatrix<f64> {
+        let v: Vec<f64> = t.into_data().iter::<f64>().collect();
+        DMatrix::from_row_slice(r, r, &v)
+    };
+    let aat = host(a.clone().matmul(a.clone().transpose()));
+    let btb = host(b.clone().transpose().matmul(b.clone()));
+    PairGrams::new(aat.clone(), btb.clone()).unwrap_or(PairGrams { aat, btb })
+}
+
+impl<B: Backend> AdapterOptimizer<B> for Riemannian<B> {
+    fn name(&self) -> &str {
+        "riemannian"
+    }
+
+    fn wants_grams(&self) -> bool {
+        true
+    }
+
+    fn step_pair(&mut self, key: &str, lr: f64, p: PairStep<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let grams = p.grams.unwrap_or_else(|| grams_on_device(&p.a, &p.b));
+        let device = p.a.device();
+        let inv_b = upload::<B>(&damped_inverse(&grams.btb, self.delta), &device);
+        let inv_a = upload::<B>(&damped_inverse(&grams.aat, self.delta), &device);
+        let grad_a = inv_b.matmul(p.grad_a);
+        let grad_b = p.grad_b.matmul(inv_a);
+        let (ka, kb) = factor_keys(key);
+        (
+            self.update(&ka, lr, p.a, grad_a),
+            self.update(&kb, lr, p.b, grad_b),
+        )
+    }
+
+    /// Parameters that are not LoRA factors get the base rule without preconditioning.
+    fn step_param(&mut self, key: &str, lr: f64, v: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.update(key, lr, v, g)
+    }
+
+    fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
+        if self.transport {
+            transport_buffers(&mut self.store, key, t, 0, MomentKind::Factor);
+        }
+    }
+
+    fn state(&self) -> Vec<(String, TensorData)> {
+        self.store.export()
+    }
+
+    fn load_state(
+        &mut self,
+        state: Vec<(String, TensorData)>,
+        device: &B::Device,
+    ) -> Result<(), OptimError> {
+        self.store.import(state, device)
+    }
+}
+
+/// Parsed options; builds a [`Riemannian`] for any backend.
+#[derive(Debug, Clone, Copy)]
+pub struct RiemannianFactory {
+    /// Base rule.
+    pub base: BaseRule,
+    /// δ.
+    pub delta: f64,
+    /// Transport.
+    pub transport: bool,
+}
+
+fn bad(key: &str, message: String) -> OptimError {
+    OptionsError::BadValue {
+        key: key.into(),
+        message,
+    }
+    .into()
+}
+
+impl RiemannianFactory {
+    /// From config options: `base`, `delta`, `transport`, and the base rule's keys
+    /// (`momentum`, `weight_decay` for SGD; `beta1`, `beta2`, `eps`, `weight_decay` for AdamW).
+    pub fn from_options(opts: &Options) -> Result<Self, OptimError> {
+        const SECTION: &str = "optimizer.riemannian";
+        let base = match opts.choice_or("base", "adamw", &["sgd", "adamw"])? {
+            "sgd" => {
+                opts.reject_unknown(
+                    SECTION,
+                    &["base", "delta", "transport", "momentum", "weight_decay"],
+                )?;
+                let momentum = opts.f64_or("momentum", 0.0)?;
+                let weight_decay = opts.f64_or("weight_decay", 0.0)?;
+                if !(0.0..1.0).contains(&momentum) {
+                    return Err(bad(
+                        "momentum",
+                        format!("must be in [0, 1), got {momentum}"),
+                    ));
+                }
+                if weight_decay < 0.0 {
+                    return Err(bad(
+                        "weight_decay",
+                        format!("must be ≥ 0, got {weight_decay}"),
+                    ));
+                }
+                BaseRule::Sgd {
+                    momentum,
+                    weight_decay,
+                }
+            }
+            _ => BaseRule::AdamW(adamw_params(
+                opts,
+                SECTION,
+                &["base", "delta", "transport"],
+            )?),
+        };
+        let delta = opts.f64_or("delta", DEFAULT_DELTA)?;
+        if !(delta.is_finite() && delta > 0.0) {
+            return Err(bad(
+                "delta",
+                format!("must be a positive number, got {delta}"),
+            ));
+        }
+        Ok(Self {
+            base,
+            delta,
+            transport: opts.bool_or("transport", false)?,
+        })
+    }
+}
+
+impl OptimizerFactory for RiemannianFactory {
+    fn build<B: Backend>(&self) -> Box<dyn AdapterOptimizer<B>> {
+        Box::new(Riemannian::<B>::new(self.base, self.delta, self.transport))
+    }
+}
+
+balora_optim::inventory::submit! {
+    OptimizerEntry {
+        name: "riemannian",
+        description: "Riemannian-preconditioned LoRA: ∇A ← (BᵀB+δI)⁻¹∇A, ∇B ← ∇B(AAᵀ+δI)⁻¹, then SGD or AdamW (Zhang & Pilanci, 2024)",
+        options: &[
+            OptionDoc { key: "base", default: "adamw", help: "sgd | adamw: the update applied to the preconditioned gradients" },
+            OptionDoc { key: "delta", default: "1e-6", help: "damping δ > 0 of the r×r preconditioners" },
+            OptionDoc { key: "transport", default: "false", help: "carry the first moment into the manifold's new gauge (m_A ← Q·m_A, m_B ← m_B·P)" },
+            OptionDoc { key: "momentum", default: "0", help: "SGD momentum μ (base = sgd)" },
+            OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay" },
+            OptionDoc { key: "beta1", default: "0.9", help: "AdamW first-moment decay (base = adamw)" },
+            OptionDoc { key: "beta2", default: "0.999", help: "AdamW second-moment decay (base = adamw)" },
+            OptionDoc { key: "eps", default: "1e-8", help: "AdamW ε (base = adamw)" },
+        ],
+        build: |opts| Ok(Box::new(RiemannianFactory::from_options(opts)?)),
+    }
+}

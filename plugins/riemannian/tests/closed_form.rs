@@ -1,0 +1,298 @@
+//! Riemannian-preconditioned SGD/AdamW against the rule written out in f64 here: the r×r
+//! preconditioners inverted with nalgebra's general `try_inverse` (the plugin uses Cholesky),
+//! the updates element by element. Through the optimizer alone (given gradients) and through
+//! the `OptimizerDriver` on a real `LoraLinear` (autodiff gradients, batched Grams).
+
+extern crate balora_plugin_riemannian;
+
+use balora_adapter::{LoraAdapter, LoraLinear};
+use balora_optim::{build_optimizer, OptimizerDriver, OptionValue, Options, PairStep};
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use nalgebra::DMatrix;
+
+type B = NdArray;
+
+fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    DMatrix::from_fn(rows, cols, |_, _| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    })
+}
+
+fn tensor<Bk: burn::tensor::backend::Backend>(m: &DMatrix<f64>) -> Tensor<Bk, 2> {
+    let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
+    Tensor::from_data(
+        TensorData::new(rows, [m.nrows(), m.ncols()]),
+        &Default::default(),
+    )
+}
+
+fn matrix<Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
+    let [r, c] = t.dims();
+    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
+    DMatrix::from_row_slice(r, c, &v)
+}
+
+fn rel_err(got: &DMatrix<f64>, want: &DMatrix<f64>) -> f64 {
+    (got - want).amax() / want.amax()
+}
+
+/// `(A + δI)⁻¹` by Gauss–Jordan (nalgebra's LU-based general inverse).
+fn damped_inv(m: &DMatrix<f64>, delta: f64) -> DMatrix<f64> {
+    (m + DMatrix::identity(m.nrows(), m.ncols()) * delta)
+        .try_inverse()
+        .expect("damped Gram is invertible")
+}
+
+/// Preconditioned gradients of the Zhang–Pilanci rule.
+fn precondition(
+    a: &DMatrix<f64>,
+    b: &DMatrix<f64>,
+    ga: &DMatrix<f64>,
+    gb: &DMatrix<f64>,
+    delta: f64,
+) -> (DMatrix<f64>, DMatrix<f64>) {
+    (
+        damped_inv(&(b.transpose() * b), delta) * ga,
+        gb * damped_inv(&(a * a.transpose()), delta),
+    )
+}
+
+#[test]
+fn sgd_momentum_base_matches_closed_form() {
+    let (r, n_in, n_out) = (3, 7, 5);
+    let (lr, mu, delta) = (0.05, 0.5, 1e-2);
+    let opts = Options::default()
+        .with("base", OptionValue::Str("sgd".into()))
+        .with("momentum", OptionValue::Float(mu))
+        .with("delta", OptionValue::Float(delta));
+    for steps in [1, 4] {
+        let mut opt = build_optimizer::<B>("riemannian", &opts).unwrap();
+        assert!(opt.wants_grams());
+        let (mut a, mut b) = (rand_mat(r, n_in, 1), rand_mat(n_out, r, 2));
+        let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
+        let (mut ma, mut mb) = (
+            DMatrix::<f64>::zeros(r, n_in),
+            DMatrix::<f64>::zeros(n_out, r),
+        );
+        for t in 0..steps {
+            let (ga, gb) = (
+                rand_mat(r, n_in, 10 + t as u64),
+                rand_mat(n_out, r, 30 + t as u64),
+            );
+            // grams: None exercises the plugin's own device-side Gram path.
+            (ta, tb) = opt.step_pair(
+                "l",
+                lr,
+                PairStep {
+                    a: ta,
+                    b: tb,
+                    grad_a: tensor(&ga),
+                    grad_b: tensor(&gb),
+                    grams: None,
+                },
+            );
+            let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
+            ma = ma * mu + pa;
+            mb = mb * mu + pb;
+            a -= &ma * lr;
+            b -= &mb * lr;
+            let (ea, eb) = (
+                rel_err(&matrix(ta.clone()), &a),
+                rel_err(&matrix(tb.clone()), &b),
+            );
+            assert!(
+                ea < 1e-5 && eb < 1e-5,
+                "step {}: errors {ea:e} {eb:e}",
+                t + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn adamw_base_matches_closed_form() {
+    let (r, n_in, n_out) = (2, 6, 4);
+    let (lr, delta) = (0.01, 1e-3);
+    let (b1, b2, eps, wd) = (0.9, 0.999, 1e-8, 0.02);
+    let opts = Options::default()
+        .with("delta", OptionValue::Float(delta))
+        .with("weight_decay", OptionValue::Float(wd));
+    let mut opt = build_optimizer::<B>("riemannian", &opts).unwrap();
+    let (mut a, mut b) = (rand_mat(r, n_in, 3), rand_mat(n_out, r, 4));
+    let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
+    let mut state = [
+        (
+            DMatrix::<f64>::zeros(r, n_in),
+            DMatrix::<f64>::zeros(r, n_in),
+        ),
+        (
+            DMatrix::<f64>::zeros(n_out, r),
+            DMatrix::<f64>::zeros(n_out, r),
+        ),
+    ];
+    for t in 1..=5 {
+        let (ga, gb) = (rand_mat(r, n_in, 60 + t), rand_mat(n_out, r, 90 + t));
+        let grams = balora_optim::PairGrams::new(&a * a.transpose(), b.transpose() * &b).unwrap();
+        (ta, tb) = opt.step_pair(
+            "l",
+            lr,
+            PairStep {
+                a: ta,
+                b: tb,
+                grad_a: tensor(&ga),
+                grad_b: tensor(&gb),
+                grams: Some(grams),
+            },
+        );
+        let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
+        let [sa, sb] = &mut state;
+        for (theta, g, (m, v)) in [(&mut a, &pa, sa), (&mut b, &pb, sb)] {
+            for i in 0..theta.len() {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                let mhat = m[i] / (1.0 - b1.powi(t as i32));
+                let vhat = v[i] / (1.0 - b2.powi(t as i32));
+                theta[i] = theta[i] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
+            }
+        }
+        let (ea, eb) = (
+            rel_err(&matrix(ta.clone()), &a),
+            rel_err(&matrix(tb.clone()), &b),
+        );
+        assert!(ea < 1e-5 && eb < 1e-5, "step {t}: errors {ea:e} {eb:e}");
+    }
+}
+
+#[test]
+fn through_the_driver_with_autodiff_gradients_and_batched_grams() {
+    // ½‖W0 + B·A − T‖² through a real LoraLinear fed the identity (output (W0 + BA)ᵀ), so
+    // ∇A = Bᵀ·R and ∇B = R·Aᵀ with R = W0 + BA − T, computed here in f64.
+    type AD = Autodiff<NdArray>;
+    let (d, r) = (6, 2);
+    let (lr, delta) = (0.05, 1e-2);
+    let w0 = rand_mat(d, d, 7);
+    let target = rand_mat(d, d, 8);
+    let (mut a, mut b) = (rand_mat(r, d, 9), rand_mat(d, r, 10) * 0.5);
+    let dev = Default::default();
+    let mut model = LoraLinear::from_base(Linear {
+        weight: Param::from_tensor(tensor::<AD>(&w0.transpose())),
+        bias: None,
+    });
+    model.adapter = Some(LoraAdapter::from_tensors(tensor(&a), tensor(&b), 1.0, 0.0));
+    let opts = Options::default()
+        .with("base", OptionValue::Str("sgd".into()))
+        .with("delta", OptionValue::Float(delta));
+    let mut driver =
+        OptimizerDriver::<AD>::new(build_optimizer::<NdArray>("riemannian", &opts).unwrap());
+    let eye = Tensor::<AD, 2>::eye(d, &dev);
+    let target_t = tensor::<AD>(&target.transpose());
+    for step in 1..=3 {
+        let loss = (model.forward(eye.clone()) - target_t.clone())
+            .powi_scalar(2)
+            .sum()
+            .mul_scalar(0.5);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = driver.step(lr, model, grads);
+        let res = &w0 + &b * &a - &target;
+        let (ga, gb) = (b.transpose() * &res, &res * a.transpose());
+        let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
+        a -= pa * lr;
+        b -= pb * lr;
+        let ad = model.adapter.as_ref().unwrap();
+        let (ea, eb) = (
+            rel_err(&matrix(ad.lora_a.val().inner()), &a),
+            rel_err(&matrix(ad.lora_b.val().inner()), &b),
+        );
+        assert!(ea < 1e-4 && eb < 1e-4, "step {step}: errors {ea:e} {eb:e}");
+    }
+}
+
+#[test]
+fn registered_options_validated() {
+    let bad = Options::default().with("delta", OptionValue::Float(0.0));
+    assert!(build_optimizer::<B>("riemannian", &bad).is_err());
+    let bad = Options::default().with("base", OptionValue::Str("lion".into()));
+    let err = build_optimizer::<B>("riemannian", &bad)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sgd") && err.contains("adamw"), "{err}");
+    // beta1 belongs to the AdamW base only.
+    let bad = Options::default()
+        .with("base", OptionValue::Str("sgd".into()))
+        .with("beta1", OptionValue::Float(0.9));
+    assert!(build_optimizer::<B>("riemannian", &bad).is_err());
+}
+
+#[test]
+fn transport_carries_momentum_like_the_factors() {
+    // SGD with momentum: two steps, a re-factorisation (A, B) → (Q·A, B·P), two more steps.
+    // With `transport`, the reference moves the momentum as m_A ← Q·m_A, m_B ← m_B·P.
+    let (r, n_in, n_out) = (2, 5, 4);
+    let (lr, mu, delta) = (0.05, 0.9, 1e-2);
+    let p = DMatrix::from_row_slice(r, r, &[1.3, 0.4, -0.2, 0.7]);
+    let q = p.clone().try_inverse().unwrap();
+    let transform = balora_optim::GaugeTransform {
+        p: p.clone(),
+        q: q.clone(),
+    };
+    for transport in [false, true] {
+        let opts = Options::default()
+            .with("base", OptionValue::Str("sgd".into()))
+            .with("momentum", OptionValue::Float(mu))
+            .with("delta", OptionValue::Float(delta))
+            .with("transport", OptionValue::Bool(transport));
+        let mut opt = build_optimizer::<B>("riemannian", &opts).unwrap();
+        let (mut a, mut b) = (rand_mat(r, n_in, 11), rand_mat(n_out, r, 12));
+        let (mut ma, mut mb) = (
+            DMatrix::<f64>::zeros(r, n_in),
+            DMatrix::<f64>::zeros(n_out, r),
+        );
+        let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
+        for t in 0..4u64 {
+            if t == 2 {
+                a = &q * &a;
+                b = &b * &p;
+                (ta, tb) = (tensor(&a), tensor(&b));
+                opt.on_refactor("l", &transform);
+                if transport {
+                    ma = &q * &ma;
+                    mb = &mb * &p;
+                }
+            }
+            let (ga, gb) = (rand_mat(r, n_in, 70 + t), rand_mat(n_out, r, 80 + t));
+            (ta, tb) = opt.step_pair(
+                "l",
+                lr,
+                PairStep {
+                    a: ta,
+                    b: tb,
+                    grad_a: tensor(&ga),
+                    grad_b: tensor(&gb),
+                    grams: None,
+                },
+            );
+            let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
+            ma = ma * mu + pa;
+            mb = mb * mu + pb;
+            a -= &ma * lr;
+            b -= &mb * lr;
+            let (ea, eb) = (
+                rel_err(&matrix(ta.clone()), &a),
+                rel_err(&matrix(tb.clone()), &b),
+            );
+            assert!(
+                ea < 1e-5 && eb < 1e-5,
+                "step {t} transport={transport}: errors {ea:e} {eb:e}"
+            );
+        }
+    }
+}

@@ -39,27 +39,28 @@ pub fn read_safetensors(path: &Path) -> Result<MemWeights, ModelError> {
     let mut out = MemWeights::new(origin.clone());
     for (name, view) in st.tensors() {
         let raw = view.data();
-        let data: Vec<f32> =
-            match view.dtype() {
-                Dtype::F32 => raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => raw
-                    .chunks_exact(2)
-                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                    .collect(),
-                Dtype::BF16 => raw
-                    .chunks_exact(2)
-                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                    .collect(),
-                other => return Err(ModelError::Format {
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(ModelError::Format {
                     file: origin,
                     message: format!(
                         "tensor `{name}` has dtype {other:?}; only F32, F16, BF16 are supported"
                     ),
-                }),
-            };
+                })
+            }
+        };
         out.insert(name, view.shape().to_vec(), data);
     }
     Ok(out)

@@ -6,7 +6,9 @@ use balora_models::peft::{load_adapter, parse_config, read_adapter, save_adapter
 use balora_models::st::read_safetensors;
 use balora_models::surgery::summary;
 use balora_models::weights::to_vec;
-use balora_models::{attach, AdapterHost, AdapterSpec, LayerSelector, LlamaConfig, LlamaForCausalLm, ModuleSelector};
+use balora_models::{
+    attach, AdapterHost, AdapterSpec, LayerSelector, LlamaConfig, LlamaForCausalLm, ModuleSelector,
+};
 use burn::backend::NdArray;
 use common::*;
 use std::collections::BTreeMap;
@@ -15,7 +17,17 @@ use std::path::{Path, PathBuf};
 type B = NdArray;
 
 fn tiny() -> TinyLlama {
-    TinyLlama { vocab: 40, d: 24, ff: 40, layers: 2, nh: 6, nkv: 2, hd: 4, qkv_bias: false, tied: false }
+    TinyLlama {
+        vocab: 40,
+        d: 24,
+        ff: 40,
+        layers: 2,
+        nh: 6,
+        nkv: 2,
+        hd: 4,
+        qkv_bias: false,
+        tied: false,
+    }
 }
 
 fn model() -> LlamaForCausalLm<B> {
@@ -41,7 +53,10 @@ fn loads_adapter_written_by_python_safetensors() {
     let mut k = 0usize;
     let mut seen = 0;
     for (info, l) in m.linears() {
-        let name = info.path.split_once(&format!("layers.{}.", info.layer.unwrap_or(99))).map(|x| x.1.to_string());
+        let name = info
+            .path
+            .split_once(&format!("layers.{}.", info.layer.unwrap_or(99)))
+            .map(|x| x.1.to_string());
         let Some(a) = &l.adapter else { continue };
         let name = name.unwrap();
         let (r, alpha) = match name.as_str() {
@@ -53,7 +68,12 @@ fn loads_adapter_written_by_python_safetensors() {
         let [ra, din] = a.lora_a.dims();
         let [dout, rb] = a.lora_b.dims();
         assert_eq!((ra, rb), (r, r), "{}", info.path);
-        assert!((a.scale - alpha / r as f64).abs() < 1e-12, "{}: scale {}", info.path, a.scale);
+        assert!(
+            (a.scale - alpha / r as f64).abs() < 1e-12,
+            "{}: scale {}",
+            info.path,
+            a.scale
+        );
         let av = to_vec(a.lora_a.val());
         let bv = to_vec(a.lora_b.val());
         for i in 0..r {
@@ -78,7 +98,10 @@ fn loads_adapter_written_by_python_safetensors() {
 fn round_trip_is_exact_and_keys_are_peft_names() {
     let (m, spec) = load_adapter(model(), &fixture(), &Default::default()).unwrap();
     let dir = tmp("rt");
-    let meta = AdapterMeta { task_type: Some("CAUSAL_LM".into()), base_model_name_or_path: Some("tiny".into()) };
+    let meta = AdapterMeta {
+        task_type: Some("CAUSAL_LM".into()),
+        base_model_name_or_path: Some("tiny".into()),
+    };
     save_adapter(&m, &spec, &meta, &dir).unwrap();
     let orig = read_safetensors(&fixture().join("adapter_model.safetensors")).unwrap();
     let back = read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
@@ -86,8 +109,14 @@ fn round_trip_is_exact_and_keys_are_peft_names() {
     let (spec2, _) = read_adapter(&dir).unwrap();
     assert_eq!(spec2.rank_pattern, spec.rank_pattern);
     assert_eq!(spec2.alpha_pattern, spec.alpha_pattern);
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
-    for (k, v) in [("peft_type", "LORA"), ("task_type", "CAUSAL_LM"), ("bias", "none")] {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    for (k, v) in [
+        ("peft_type", "LORA"),
+        ("task_type", "CAUSAL_LM"),
+        ("bias", "none"),
+    ] {
         assert_eq!(cfg[k], v);
     }
     assert_eq!(cfg["fan_in_fan_out"], false);
@@ -96,7 +125,10 @@ fn round_trip_is_exact_and_keys_are_peft_names() {
 }
 
 fn write_cfg(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("adapter_config.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     edit(&mut v);
     std::fs::write(dir.join("adapter_config.json"), v.to_string()).unwrap();
 }
@@ -105,14 +137,32 @@ fn write_cfg(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
 fn malformed_adapters_give_clear_errors() {
     let dev = Default::default();
     let dir = tmp("bad");
-    std::fs::copy(fixture().join("adapter_model.safetensors"), dir.join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture().join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
     let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
         ("use_dora", Box::new(|v| v["use_dora"] = true.into())),
-        ("fan_in_fan_out", Box::new(|v| v["fan_in_fan_out"] = true.into())),
-        ("unknown field `frobnicate`", Box::new(|v| v["frobnicate"] = 1.into())),
+        (
+            "fan_in_fan_out",
+            Box::new(|v| v["fan_in_fan_out"] = true.into()),
+        ),
+        (
+            "unknown field `frobnicate`",
+            Box::new(|v| v["frobnicate"] = 1.into()),
+        ),
         ("peft_type", Box::new(|v| v["peft_type"] = "IA3".into())),
-        ("missing field `r`", Box::new(|v| { v.as_object_mut().unwrap().remove("r"); })),
-        ("rank 4 but the config gives rank 3", Box::new(|v| v["r"] = 3.into())),
+        (
+            "missing field `r`",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("r");
+            }),
+        ),
+        (
+            "rank 4 but the config gives rank 3",
+            Box::new(|v| v["r"] = 3.into()),
+        ),
     ];
     for (needle, edit) in cases {
         write_cfg(&dir, edit);
@@ -123,22 +173,48 @@ fn malformed_adapters_give_clear_errors() {
     // Truncated / non-safetensors weights file.
     write_cfg(&dir, |_| {});
     let bytes = std::fs::read(fixture().join("adapter_model.safetensors")).unwrap();
-    std::fs::write(dir.join("adapter_model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        dir.join("adapter_model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
     let e = load_adapter(model(), &dir, &dev).unwrap_err().to_string();
-    assert!(e.contains("adapter_model.safetensors") && e.contains("safetensors"), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
     std::fs::write(dir.join("adapter_model.safetensors"), b"{not a header").unwrap();
     assert!(load_adapter(model(), &dir, &dev).is_err());
     // A key of another model.
     let mut w = read_safetensors(&fixture().join("adapter_model.safetensors")).unwrap();
-    w.insert("base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight", vec![4, 24], vec![0.0; 96]);
-    let spec = parse_config(&std::fs::read_to_string(fixture().join("adapter_config.json")).unwrap(), "c").unwrap();
-    let e = balora_models::peft::apply_adapter_tensors(model(), &spec, &w, &dev).unwrap_err().to_string();
+    w.insert(
+        "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight",
+        vec![4, 24],
+        vec![0.0; 96],
+    );
+    let spec = parse_config(
+        &std::fs::read_to_string(fixture().join("adapter_config.json")).unwrap(),
+        "c",
+    )
+    .unwrap();
+    let e = balora_models::peft::apply_adapter_tensors(model(), &spec, &w, &dev)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("layers.7"), "{e}");
     // Wrong shape.
     let mut w = read_safetensors(&fixture().join("adapter_model.safetensors")).unwrap();
-    w.insert("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", vec![20, 4], vec![0.0; 80]);
-    let e = balora_models::peft::apply_adapter_tensors(model(), &spec, &w, &dev).unwrap_err().to_string();
-    assert!(e.contains("q_proj.lora_B.weight") && e.contains("[20, 4]") && e.contains("[24, 4]"), "{e}");
+    w.insert(
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+        vec![20, 4],
+        vec![0.0; 80],
+    );
+    let e = balora_models::peft::apply_adapter_tensors(model(), &spec, &w, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("q_proj.lora_B.weight") && e.contains("[20, 4]") && e.contains("[24, 4]"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -152,15 +228,40 @@ fn adapted(spec: &AdapterSpec) -> Vec<(String, usize)> {
 
 #[test]
 fn target_selection_like_peft() {
-    let list = AdapterSpec::new(2, 4.0, ModuleSelector::List(vec!["q_proj".into(), "mlp.up_proj".into()]));
+    let list = AdapterSpec::new(
+        2,
+        4.0,
+        ModuleSelector::List(vec!["q_proj".into(), "mlp.up_proj".into()]),
+    );
     let got: Vec<String> = adapted(&list).into_iter().map(|x| x.0).collect();
-    assert_eq!(got, ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.mlp.up_proj"]);
+    assert_eq!(
+        got,
+        [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.mlp.up_proj",
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.mlp.up_proj"
+        ]
+    );
     // Suffix match is on whole dotted components: "proj" matches nothing.
     let none = AdapterSpec::new(2, 4.0, ModuleSelector::List(vec!["proj".into()]));
-    assert!(attach(model(), &none, &Default::default()).unwrap_err().to_string().contains("matched no linear"));
-    let re = AdapterSpec::new(2, 4.0, ModuleSelector::Regex(r".*\.1\.self_attn\.(k|v)_proj".into()));
+    assert!(attach(model(), &none, &Default::default())
+        .unwrap_err()
+        .to_string()
+        .contains("matched no linear"));
+    let re = AdapterSpec::new(
+        2,
+        4.0,
+        ModuleSelector::Regex(r".*\.1\.self_attn\.(k|v)_proj".into()),
+    );
     let got: Vec<String> = adapted(&re).into_iter().map(|x| x.0).collect();
-    assert_eq!(got, ["model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj"]);
+    assert_eq!(
+        got,
+        [
+            "model.layers.1.self_attn.k_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
     // all-linear: 7 per layer, not the LM head.
     let mut all = AdapterSpec::new(2, 4.0, ModuleSelector::List(vec!["all-linear".into()]));
     assert_eq!(adapted(&all).len(), 14);
@@ -169,15 +270,27 @@ fn target_selection_like_peft() {
     all.rank_pattern = BTreeMap::from([("q_proj".to_string(), 5)]);
     let got = adapted(&all);
     assert_eq!(got.len(), 6);
-    assert!(got.iter().all(|(p, _)| p.starts_with("model.layers.1.") && !p.ends_with("down_proj")));
-    assert_eq!(got.iter().find(|(p, _)| p.ends_with("q_proj")).unwrap().1, 5);
-    assert!(got.iter().filter(|(p, _)| !p.ends_with("q_proj")).all(|(_, r)| *r == 2));
+    assert!(got
+        .iter()
+        .all(|(p, _)| p.starts_with("model.layers.1.") && !p.ends_with("down_proj")));
+    assert_eq!(
+        got.iter().find(|(p, _)| p.ends_with("q_proj")).unwrap().1,
+        5
+    );
+    assert!(got
+        .iter()
+        .filter(|(p, _)| !p.ends_with("q_proj"))
+        .all(|(_, r)| *r == 2));
 }
 
 #[test]
 fn trainable_summary_counts_by_hand() {
     let t = tiny();
-    let mut spec = AdapterSpec::new(2, 4.0, ModuleSelector::List(vec!["q_proj".into(), "down_proj".into()]));
+    let mut spec = AdapterSpec::new(
+        2,
+        4.0,
+        ModuleSelector::List(vec!["q_proj".into(), "down_proj".into()]),
+    );
     spec.modules_to_save = Some(vec!["lm_head".into()]);
     let (m, s) = attach(model(), &spec, &Default::default()).unwrap();
     // q_proj: r·(24 + 24); down_proj: r·(40 + 24); two layers; lm_head 40×24 in full.
@@ -196,6 +309,9 @@ fn trainable_summary_counts_by_hand() {
     let w = read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
     assert_eq!(w.tensors["base_model.model.lm_head.weight"].0, vec![40, 24]);
     let (m2, _) = load_adapter(model(), &dir, &Default::default()).unwrap();
-    assert_eq!(to_vec(m2.lm_head.unwrap().base.weight.val()), to_vec(m.lm_head.unwrap().base.weight.val()));
+    assert_eq!(
+        to_vec(m2.lm_head.unwrap().base.weight.val()),
+        to_vec(m.lm_head.unwrap().base.weight.val())
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

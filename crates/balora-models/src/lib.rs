@@ -1,6 +1,7 @@
 //! Transformer families in burn with LoRA-ready linear layers, and the traits the trainer
 //! uses to train any of them.
 
+pub mod balance;
 pub mod bert;
 mod error;
 pub mod host;

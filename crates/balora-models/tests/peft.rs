@@ -315,3 +315,105 @@ fn trainable_summary_counts_by_hand() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn balance_keeps_products_and_balances_grams() {
+    use balora_manifold::balanced::Gauge;
+    use balora_models::balance::balance_adapter;
+    // The Python fixture's factors have rank 2 (sin/cos of sums): only the active part is balanced.
+    let out = tmp("bal");
+    let rows = balance_adapter(&fixture(), &out, Gauge::Closest).unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r.active_rank == 2 && r.product_rel_change < 1e-12));
+    // A full-rank adapter: random B on a fresh Kaiming A.
+    let src = tmp("bal-src");
+    let spec = AdapterSpec::new(
+        3,
+        6.0,
+        ModuleSelector::List(vec!["q_proj".into(), "down_proj".into(), "v_proj".into()]),
+    );
+    let (m, _) = attach(model(), &spec, &Default::default()).unwrap();
+    let mut rng = Lcg(17);
+    let m = m.map_linears(&mut |_, mut l| {
+        if let Some(a) = l.adapter.as_mut() {
+            let [o, k] = a.lora_b.dims();
+            let t = burn::tensor::Tensor::from_data(
+                burn::tensor::TensorData::new(rng.vec(o * k, 2.0), [o, k]),
+                &Default::default(),
+            );
+            a.lora_b = burn::module::Param::from_tensor(t);
+        }
+        l
+    });
+    save_adapter(&m, &spec, &AdapterMeta::default(), &src).unwrap();
+    for gauge in [Gauge::Closest, Gauge::Canonical] {
+        let rows = balance_adapter(&src, &out, gauge).unwrap();
+        assert_eq!(rows.len(), 6);
+        assert!(rows.iter().all(|r| r.active_rank == 3));
+        let before = read_safetensors(&src.join("adapter_model.safetensors")).unwrap();
+        let after = read_safetensors(&out.join("adapter_model.safetensors")).unwrap();
+        for row in &rows {
+            let get = |w: &balora_models::MemWeights, s: &str| {
+                w.tensors[&format!("{}.{s}", row.module)].clone()
+            };
+            let (sa, a0) = get(&before, "lora_A.weight");
+            let (sb, b0) = get(&before, "lora_B.weight");
+            let (_, a1) = get(&after, "lora_A.weight");
+            let (_, b1) = get(&after, "lora_B.weight");
+            let (r, din, dout) = (sa[0], sa[1], sb[0]);
+            // Products B·A computed here, in f64.
+            let prod = |a: &[f32], b: &[f32]| -> Vec<f64> {
+                let mut p = vec![0.0; dout * din];
+                for i in 0..dout {
+                    for j in 0..din {
+                        for k in 0..r {
+                            p[i * din + j] += b[i * r + k] as f64 * a[k * din + j] as f64;
+                        }
+                    }
+                }
+                p
+            };
+            let (p0, p1) = (prod(&a0, &b0), prod(&a1, &b1));
+            let n0 = p0.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let d = p0
+                .iter()
+                .zip(&p1)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                d / n0 < 1e-5,
+                "{}: product changed by {}",
+                row.module,
+                d / n0
+            );
+            // BᵀB = AAᵀ after.
+            let mut worst = 0.0f64;
+            for i in 0..r {
+                for j in 0..r {
+                    let ga: f64 = (0..din)
+                        .map(|c| a1[i * din + c] as f64 * a1[j * din + c] as f64)
+                        .sum();
+                    let gb: f64 = (0..dout)
+                        .map(|c| b1[c * r + i] as f64 * b1[c * r + j] as f64)
+                        .sum();
+                    worst = worst.max((ga - gb).abs());
+                }
+            }
+            let scale: f64 = (0..r)
+                .map(|i| {
+                    (0..din)
+                        .map(|c| (a1[i * din + c] as f64).powi(2))
+                        .sum::<f64>()
+                })
+                .sum();
+            assert!(worst / scale < 1e-5, "{}: imbalance {worst}", row.module);
+            assert!(row.imbalance_before > 0.1 && row.imbalance_after < 1e-6);
+        }
+        // The config is carried over and the result loads.
+        load_adapter(model(), &out, &Default::default()).unwrap();
+    }
+    std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&src).ok();
+}

@@ -4,6 +4,8 @@
 pub mod balance;
 pub mod bert;
 mod error;
+pub mod generate;
+pub mod load;
 pub mod host;
 pub mod llama;
 pub mod peft;

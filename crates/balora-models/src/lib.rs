@@ -4,10 +4,11 @@
 pub mod balance;
 pub mod bert;
 mod error;
+pub mod export;
 pub mod generate;
-pub mod load;
 pub mod host;
 pub mod llama;
+pub mod load;
 pub mod peft;
 pub mod st;
 pub mod surgery;

@@ -43,7 +43,10 @@ fn fmt_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     let msg = e.to_string();
     let file = path.display().to_string();
     ModelError::Format {
-        message: msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg).to_string(),
+        message: msg
+            .strip_prefix(&format!("{file}: "))
+            .unwrap_or(&msg)
+            .to_string(),
         file,
     }
 }
@@ -65,7 +68,10 @@ pub struct LoadedLm<B: Backend> {
 }
 
 /// Loads a Llama-family model from a `.gguf` file or a Hugging Face folder.
-pub fn load_causal_lm<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedLm<B>, ModelError> {
+pub fn load_causal_lm<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<LoadedLm<B>, ModelError> {
     if path.is_dir() {
         load_llama_hf_dir(path, device)
     } else {
@@ -74,17 +80,26 @@ pub fn load_causal_lm<B: Backend>(path: &Path, device: &B::Device) -> Result<Loa
 }
 
 /// Loads a Llama-family GGUF (q/k rows kept in llama.cpp's order; interleaved RoPE).
-pub fn load_llama_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedLm<B>, ModelError> {
+pub fn load_llama_gguf<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<LoadedLm<B>, ModelError> {
     let file = GgufFile::open(path).map_err(|e| fmt_err(path, e))?;
     let origin = path.display().to_string();
-    let arch = file.architecture().map_err(|e| fmt_err(path, e))?.to_string();
+    let arch = file
+        .architecture()
+        .map_err(|e| fmt_err(path, e))?
+        .to_string();
     let names = file.names();
     let emb = file
         .tensor_info("token_embd.weight")
         .map_err(|e| fmt_err(path, e))?;
     let vocab = emb.shape.first().copied().unwrap_or(0);
     let tied = !names.iter().any(|n| n == "output.weight");
-    let num = |k: &str| file.get(k).and_then(|v| v.as_float().or_else(|| v.as_int().map(|i| i as f64)));
+    let num = |k: &str| {
+        file.get(k)
+            .and_then(|v| v.as_float().or_else(|| v.as_int().map(|i| i as f64)))
+    };
     let config = LlamaConfig::from_gguf(&num, &arch, vocab, tied, &origin)?;
     let src = SourceWeights(&file);
     let model = LlamaForCausalLm::load(&config, &GgufAsHf(&src), device)?;
@@ -109,7 +124,10 @@ fn safetensors_in(dir: &Path) -> Result<SafetensorsFiles, ModelError> {
 }
 
 /// Loads a Llama-family Hugging Face folder (`config.json`, `*.safetensors`, `tokenizer.json`).
-pub fn load_llama_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLm<B>, ModelError> {
+pub fn load_llama_hf_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<LoadedLm<B>, ModelError> {
     let cpath = dir.join("config.json");
     let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
     let config = LlamaConfig::from_hf_json(&cfg_json, &cpath.display().to_string())?;
@@ -118,14 +136,24 @@ pub fn load_llama_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<L
     let tpath = dir.join("tokenizer.json");
     let tokenizer = load_tokenizer_json(&tpath).map_err(|e| fmt_err(&tpath, e))?;
     let eos_ids = match cfg_json.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     };
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(str::to_string));
+        .and_then(|v| {
+            v.get("chat_template")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        });
     Ok(LoadedLm {
         model,
         config,

@@ -260,3 +260,33 @@ fn loader_errors_name_file_tensor_and_shape() {
         .to_string()
         .contains("gpt2"));
 }
+
+#[test]
+fn export_restores_hf_names_and_layout_and_merges() {
+    use balora_models::export::llama_hf_tensors;
+    let t = tiny(false, true);
+    let w = t.weights(31);
+    let g = gguf_style(&t, &w);
+    // Unadapted GGUF-layout model exports exactly the HF checkpoint.
+    let exported = llama_hf_tensors(&load_gguf_style(&t, &g));
+    assert_eq!(exported.len(), w.tensors.len());
+    for (name, shape, data) in &exported {
+        let (s, d) = &w.tensors[name];
+        assert_eq!(s, shape, "{name}");
+        assert_eq!(d, data, "{name}");
+    }
+    // Merged adapters: the exported HF checkpoint reproduces the adapted model's logits.
+    let spec = AdapterSpec::new(2, 4.0, ModuleSelector::Regex("all-linear".into()));
+    let (m, _) = attach(load_gguf_style(&t, &g), &spec, &Default::default()).unwrap();
+    let m = randomize_b(m);
+    let want: Vec<f64> = to_vec(m.forward_logits(ids(&PROMPT), None))
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let mut merged = MemWeights::new("merged.safetensors");
+    for (n, s, d) in llama_hf_tensors(&merge_all(m)) {
+        merged.insert(n, s, d);
+    }
+    let got = to_vec(load(&t, &merged).forward_logits(ids(&PROMPT), None));
+    assert!(max_abs_diff(&got, &want) < 1e-4);
+}

@@ -366,6 +366,9 @@ pub struct LlamaForCausalLm<B: Backend> {
     pub head_dim: usize,
     /// RoPE pairs adjacent dimensions ([`RopeLayout::Interleaved`]) instead of halves.
     pub rope_interleaved: bool,
+    /// Tied head: a contiguous `[d, vocab]` copy of the embedding matrix (speed; the embedding
+    /// is frozen).
+    pub tied_head: Option<Tensor<B, 2>>,
 }
 
 /// Per-layer key/value cache for incremental decoding.
@@ -449,6 +452,18 @@ impl<B: Backend> LlamaForCausalLm<B> {
         lm_head: Option<LoraLinear<B>>,
         device: &B::Device,
     ) -> Self {
+        let tied_head = lm_head.is_none().then(|| {
+            let w = model.embed_tokens.weight.val();
+            let [v, d] = w.dims();
+            let data = crate::weights::to_vec(w);
+            let mut t = vec![0f32; data.len()];
+            for i in 0..v {
+                for j in 0..d {
+                    t[j * v + i] = data[i * d + j];
+                }
+            }
+            Tensor::from_data(TensorData::new(t, [d, v]), device)
+        });
         let half = cfg.head_dim / 2;
         let inv = cfg.inv_freq();
         let n = cfg.max_position.max(1);
@@ -470,6 +485,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
             rope_interleaved: cfg.rope_layout == RopeLayout::Interleaved,
+            tied_head,
         }
     }
 
@@ -681,11 +697,14 @@ impl<B: Backend> LlamaForCausalLm<B> {
     pub fn head<const D: usize>(&self, h: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lm_head {
             Some(l) => l.forward(h),
-            None => burn::tensor::module::linear(
-                h,
-                self.model.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            None => match &self.tied_head {
+                Some(t) => burn::tensor::module::linear(h, t.clone(), None),
+                None => burn::tensor::module::linear(
+                    h,
+                    self.model.embed_tokens.weight.val().transpose(),
+                    None,
+                ),
+            },
         }
     }
 

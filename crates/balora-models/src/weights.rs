@@ -133,7 +133,15 @@ pub(crate) fn lora_linear<B: Backend>(
     d_out: usize,
     dev: &B::Device,
 ) -> LoraLinear<B> {
-    let weight = tensor2::<B>(wd, [d_out, d_in], dev).transpose();
+    // burn's layout is [in, out]: transpose on the host so the stored weight is contiguous
+    // (a transposed view would be re-laid out by the backend on every matmul).
+    let mut t = vec![0f32; wd.len()];
+    for o in 0..d_out {
+        for i in 0..d_in {
+            t[i * d_out + o] = wd[o * d_in + i];
+        }
+    }
+    let weight = tensor2::<B>(t, [d_in, d_out], dev);
     let bias = bd.map(|b| frozen(tensor1::<B>(b, d_out, dev)));
     LoraLinear::from_base(Linear {
         weight: frozen(weight),

@@ -35,7 +35,10 @@ pub fn run(a: Args) -> Result<()> {
     };
     let rows = balance_adapter(&a.input, &a.output, gauge)
         .with_context(|| format!("balancing {}", a.input.display()))?;
-    println!("{:<70} {:>4} {:>6} {:>12} {:>12} {:>10}", "module", "r", "active", "imbal.before", "imbal.after", "Δproduct");
+    println!(
+        "{:<70} {:>4} {:>6} {:>12} {:>12} {:>10}",
+        "module", "r", "active", "imbal.before", "imbal.after", "Δproduct"
+    );
     for r in &rows {
         println!(
             "{:<70} {:>4} {:>6} {:>12.3e} {:>12.3e} {:>10.1e}",
@@ -48,6 +51,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let deficient = rows.iter().filter(|r| r.active_rank < r.rank).count();
-    println!("balanced {} adapters ({deficient} rank-deficient) → {}", rows.len(), a.output.display());
+    println!(
+        "balanced {} adapters ({deficient} rank-deficient) → {}",
+        rows.len(),
+        a.output.display()
+    );
     Ok(())
 }

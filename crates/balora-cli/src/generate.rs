@@ -64,8 +64,16 @@ pub fn run(a: Args) -> Result<()> {
         tracing::info!("adapter {} (r = {}) attached", dir.display(), spec.r);
         lm.model = m;
     }
-    tracing::info!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
-    let text = if a.chat { chatml_prompt(&a.prompt) } else { a.prompt.clone() };
+    tracing::info!(
+        "loaded {} in {:.1}s",
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let text = if a.chat {
+        chatml_prompt(&a.prompt)
+    } else {
+        a.prompt.clone()
+    };
     let enc = lm
         .tokenizer
         .encode(text.as_str(), false)

@@ -1,12 +1,12 @@
 //! `balora`: fine-tuning with balanced low-rank adaptation.
 
 mod assets;
-mod balance;
-mod generate;
-mod merge;
 mod backend;
+mod balance;
 mod config;
+mod generate;
 mod inspect;
+mod merge;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;

@@ -27,7 +27,11 @@ fn is_bert(dir: &std::path::Path) -> bool {
     std::fs::read_to_string(dir.join("config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("model_type").and_then(|m| m.as_str()).map(|m| m == "bert"))
+        .and_then(|v| {
+            v.get("model_type")
+                .and_then(|m| m.as_str())
+                .map(|m| m == "bert")
+        })
         .unwrap_or(false)
 }
 
@@ -37,20 +41,36 @@ pub fn run(a: Args) -> Result<()> {
     let device = Default::default();
     type B = burn::backend::NdArray;
     let (tensors, adapted) = if base.is_dir() && is_bert(&base) {
-        let (m, _, _) = load_bert_hf_dir::<B>(&base, &device).with_context(|| format!("loading {}", base.display()))?;
-        let (m, _) = load_adapter(m, &a.adapter, &device).with_context(|| format!("loading adapter {}", a.adapter.display()))?;
-        let n = m.linears().iter().filter(|(_, l)| l.adapter.is_some()).count();
+        let (m, _, _) = load_bert_hf_dir::<B>(&base, &device)
+            .with_context(|| format!("loading {}", base.display()))?;
+        let (m, _) = load_adapter(m, &a.adapter, &device)
+            .with_context(|| format!("loading adapter {}", a.adapter.display()))?;
+        let n = m
+            .linears()
+            .iter()
+            .filter(|(_, l)| l.adapter.is_some())
+            .count();
         (bert_hf_tensors(&merge_all(m), ""), n)
     } else {
-        let lm = load_causal_lm::<B>(&base, &device).with_context(|| format!("loading {}", base.display()))?;
-        let (m, _) = load_adapter(lm.model, &a.adapter, &device).with_context(|| format!("loading adapter {}", a.adapter.display()))?;
-        let n = m.linears().iter().filter(|(_, l)| l.adapter.is_some()).count();
+        let lm = load_causal_lm::<B>(&base, &device)
+            .with_context(|| format!("loading {}", base.display()))?;
+        let (m, _) = load_adapter(lm.model, &a.adapter, &device)
+            .with_context(|| format!("loading adapter {}", a.adapter.display()))?;
+        let n = m
+            .linears()
+            .iter()
+            .filter(|(_, l)| l.adapter.is_some())
+            .count();
         (llama_hf_tensors(&merge_all(m)), n)
     };
     if adapted == 0 {
         bail!("{}: no adapter matched the base model", a.adapter.display());
     }
     write_safetensors(&a.out, &tensors).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("merged {adapted} adapters into {} tensors → {}", tensors.len(), a.out.display());
+    println!(
+        "merged {adapted} adapters into {} tensors → {}",
+        tensors.len(),
+        a.out.display()
+    );
     Ok(())
 }

@@ -79,7 +79,7 @@ impl BertConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-12),
         };
-        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
+        if cfg.hidden_size.checked_rem(cfg.num_heads) != Some(0) {
             return Err(ModelError::config(
                 origin,
                 "num_attention_heads",

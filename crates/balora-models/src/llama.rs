@@ -218,8 +218,7 @@ impl LlamaConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<(), ModelError> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
-        {
+        if self.num_heads == 0 || self.num_heads.checked_rem(self.num_kv_heads) != Some(0) {
             return Err(ModelError::config(
                 origin,
                 "num_key_value_heads",
@@ -229,7 +228,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if self.head_dim & 1 == 1 || self.head_dim == 0 {
             return Err(ModelError::config(
                 origin,
                 "head_dim",

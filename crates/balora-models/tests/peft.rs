@@ -142,7 +142,8 @@ fn malformed_adapters_give_clear_errors() {
         dir.join("adapter_model.safetensors"),
     )
     .unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("use_dora", Box::new(|v| v["use_dora"] = true.into())),
         (
             "fan_in_fan_out",

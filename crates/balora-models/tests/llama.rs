@@ -290,3 +290,38 @@ fn export_restores_hf_names_and_layout_and_merges() {
     let got = to_vec(load(&t, &merged).forward_logits(ids(&PROMPT), None));
     assert!(max_abs_diff(&got, &want) < 1e-4);
 }
+
+#[test]
+fn sampler_greedy_top_p_and_frequencies() {
+    use balora_models::generate::{pick, GenerateOptions};
+    use rand::{rngs::StdRng, SeedableRng};
+    let logits = [0.0f32, 2.0, 1.0, -1.0];
+    let mut rng = StdRng::seed_from_u64(1);
+    assert_eq!(pick(&logits, &GenerateOptions::default(), &mut rng), 1);
+    // p = softmax(logits): [0.087, 0.644, 0.237, 0.032]; top_p 0.6 keeps only token 1.
+    let nucleus = GenerateOptions {
+        temperature: 1.0,
+        top_p: 0.6,
+        ..Default::default()
+    };
+    assert!((0..200).all(|_| pick(&logits, &nucleus, &mut rng) == 1));
+    let full = GenerateOptions {
+        temperature: 1.0,
+        top_p: 1.0,
+        ..Default::default()
+    };
+    let mut counts = [0usize; 4];
+    let n = 20000;
+    for _ in 0..n {
+        counts[pick(&logits, &full, &mut rng) as usize] += 1;
+    }
+    let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+    for (i, &c) in counts.iter().enumerate() {
+        let p = (logits[i] as f64).exp() / z;
+        assert!(
+            (c as f64 / n as f64 - p).abs() < 0.015,
+            "token {i}: {} vs {p}",
+            c as f64 / n as f64
+        );
+    }
+}

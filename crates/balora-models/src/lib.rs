@@ -1,5 +1,13 @@
 //! Transformer families in burn with LoRA-ready linear layers, and the traits the trainer
 //! uses to train any of them.
+//!
+//! * [`llama`]: Llama 2/3, Mistral, Qwen2, SmolLM2 (RMSNorm, RoPE in HF or GGUF layout, GQA,
+//!   SwiGLU, tied/untied head, KV cache); [`bert`]: BERT / MiniLM encoders and a classifier.
+//! * [`load`]: models from GGUF files or Hugging Face folders (through `balora-formats`).
+//! * [`surgery`]: PEFT-style target selection ([`attach`]), trainable summary, [`merge_all`].
+//! * [`peft`]: `adapter_model.safetensors` + `adapter_config.json` in PEFT's names and layout
+//!   (q/k adapters of a GGUF base are mapped to Hugging Face's row order).
+//! * [`balance`]: re-factor a saved adapter onto the balanced manifold; [`generate`]: decoding.
 
 pub mod balance;
 pub mod bert;

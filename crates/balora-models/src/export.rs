@@ -1,0 +1,127 @@
+//! Exporting a model's (possibly merged) weights under Hugging Face names and layout.
+
+use crate::bert::BertModel;
+use crate::host::AdapterHost;
+use crate::llama::{permute_rows, LlamaForCausalLm};
+use crate::weights::to_vec;
+use balora_adapter::LoraLinear;
+use burn::nn::{Embedding, LayerNorm, RmsNorm};
+use burn::tensor::backend::Backend;
+
+/// `(name, shape, row-major data)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+fn linear<B: Backend>(
+    out: &mut Vec<NamedTensor>,
+    path: &str,
+    l: &LoraLinear<B>,
+    inv: Option<&[usize]>,
+) {
+    let (din, dout) = l.dims();
+    let mut w = to_vec(l.base.weight.val().transpose());
+    if let Some(p) = inv {
+        w = permute_rows(&w, din, p);
+    }
+    out.push((format!("{path}.weight"), vec![dout, din], w));
+    if let Some(b) = &l.base.bias {
+        let mut bv = to_vec(b.val());
+        if let Some(p) = inv {
+            bv = permute_rows(&bv, 1, p);
+        }
+        out.push((format!("{path}.bias"), vec![dout], bv));
+    }
+}
+
+fn emb<B: Backend>(out: &mut Vec<NamedTensor>, name: &str, e: &Embedding<B>) {
+    out.push((
+        name.to_string(),
+        e.weight.dims().to_vec(),
+        to_vec(e.weight.val()),
+    ));
+}
+
+fn rms<B: Backend>(out: &mut Vec<NamedTensor>, name: &str, n: &RmsNorm<B>) {
+    out.push((
+        name.to_string(),
+        n.gamma.dims().to_vec(),
+        to_vec(n.gamma.val()),
+    ));
+}
+
+fn ln<B: Backend>(out: &mut Vec<NamedTensor>, prefix: &str, n: &LayerNorm<B>) {
+    out.push((
+        format!("{prefix}.weight"),
+        n.gamma.dims().to_vec(),
+        to_vec(n.gamma.val()),
+    ));
+    if let Some(b) = &n.beta {
+        out.push((format!("{prefix}.bias"), b.dims().to_vec(), to_vec(b.val())));
+    }
+}
+
+/// Every weight of a Llama-family model in Hugging Face names and layout (q/k rows restored
+/// to HF order for a GGUF-loaded base). Adapters are not included: merge them first.
+pub fn llama_hf_tensors<B: Backend>(m: &LlamaForCausalLm<B>) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    emb(&mut out, "model.embed_tokens.weight", &m.model.embed_tokens);
+    for (info, l) in m.linears() {
+        linear(&mut out, &info.path, l, info.inverse_perm().as_deref());
+    }
+    for (i, l) in m.model.layers.iter().enumerate() {
+        rms(
+            &mut out,
+            &format!("model.layers.{i}.input_layernorm.weight"),
+            &l.input_layernorm,
+        );
+        rms(
+            &mut out,
+            &format!("model.layers.{i}.post_attention_layernorm.weight"),
+            &l.post_attention_layernorm,
+        );
+    }
+    rms(&mut out, "model.norm.weight", &m.model.norm);
+    out
+}
+
+/// Every weight of a BERT encoder in Hugging Face names (`prefix` e.g. `""` or `"bert."`).
+pub fn bert_hf_tensors<B: Backend>(m: &BertModel<B>, prefix: &str) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    let e = &m.embeddings;
+    emb(
+        &mut out,
+        &format!("{prefix}embeddings.word_embeddings.weight"),
+        &e.word_embeddings,
+    );
+    emb(
+        &mut out,
+        &format!("{prefix}embeddings.position_embeddings.weight"),
+        &e.position_embeddings,
+    );
+    emb(
+        &mut out,
+        &format!("{prefix}embeddings.token_type_embeddings.weight"),
+        &e.token_type_embeddings,
+    );
+    ln(
+        &mut out,
+        &format!("{prefix}embeddings.LayerNorm"),
+        &e.layer_norm,
+    );
+    for (info, l) in m.linears() {
+        linear(&mut out, &format!("{prefix}{}", info.path), l, None);
+    }
+    for (i, l) in m.encoder.layer.iter().enumerate() {
+        let p = format!("{prefix}encoder.layer.{i}");
+        ln(
+            &mut out,
+            &format!("{p}.attention.output.LayerNorm"),
+            &l.attention.output.layer_norm,
+        );
+        ln(
+            &mut out,
+            &format!("{p}.output.LayerNorm"),
+            &l.output.layer_norm,
+        );
+    }
+    out
+}

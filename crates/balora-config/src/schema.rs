@@ -248,7 +248,8 @@ pub struct DataSection {
     pub chat_template: ChatTemplateName,
     /// Loss only on completion/assistant tokens.
     pub mask_prompt: bool,
-    /// Largest tolerated fraction of malformed lines (above it the run fails).
+    /// Largest tolerated fraction of malformed JSONL lines, skipped with a warning naming
+    /// file:line (0 = the first malformed line is an error; above the fraction the load fails).
     pub max_bad_fraction: f64,
 }
 
@@ -265,7 +266,7 @@ impl Default for DataSection {
             max_examples: 0,
             chat_template: ChatTemplateName::Chatml,
             mask_prompt: true,
-            max_bad_fraction: 0.01,
+            max_bad_fraction: 0.0,
         }
     }
 }

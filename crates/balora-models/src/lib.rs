@@ -1,6 +1,27 @@
 //! Transformer families in burn with LoRA-ready linear layers, and the traits the trainer
 //! uses to train any of them.
 
+pub mod balance;
+pub mod bert;
+mod error;
+pub mod generate;
+pub mod load;
+pub mod host;
+pub mod llama;
+pub mod peft;
+pub mod st;
+pub mod surgery;
+pub mod weights;
+
+pub use bert::{BertConfig, BertForSequenceClassification, BertModel, Pooling};
+pub use error::ModelError;
+pub use host::{AdapterHost, LinearInfo};
+pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm, RopeLayout};
+pub use surgery::{
+    attach, merge_all, unmerge_all, AdapterSpec, LayerSelector, ModuleSelector, TrainableSummary,
+};
+pub use weights::{MemWeights, Weights};
+
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 

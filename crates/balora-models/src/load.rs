@@ -1,0 +1,152 @@
+//! Loading models from files through `balora-formats`: GGUF (Llama family) and Hugging Face
+//! folders (`config.json` + `*.safetensors` [+ `tokenizer.json`]).
+
+use crate::bert::{BertConfig, BertModel};
+use crate::llama::{GgufAsHf, LlamaConfig, LlamaForCausalLm};
+use crate::weights::Weights;
+use crate::ModelError;
+use balora_formats::{
+    load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgufFile, SafetensorsFiles,
+    TensorSource,
+};
+use burn::tensor::backend::Backend;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// Any `balora-formats` tensor source seen as [`Weights`].
+pub struct SourceWeights<'a>(pub &'a dyn TensorSource);
+
+impl Weights for SourceWeights<'_> {
+    fn origin(&self) -> String {
+        self.0.path().display().to_string()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.names().iter().any(|n| n == name)
+    }
+    fn fetch(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        if !self.contains(name) {
+            return Err(ModelError::MissingTensor {
+                file: self.origin(),
+                tensor: name.to_string(),
+            });
+        }
+        let t = self.0.load(name).map_err(|e| ModelError::Format {
+            file: self.origin(),
+            message: e.to_string(),
+        })?;
+        Ok((t.shape, t.data))
+    }
+}
+
+fn fmt_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    // balora-formats' messages already name the file.
+    let msg = e.to_string();
+    let file = path.display().to_string();
+    ModelError::Format {
+        message: msg.strip_prefix(&format!("{file}: ")).unwrap_or(&msg).to_string(),
+        file,
+    }
+}
+
+/// A loaded causal LM with its tokenizer and where it came from.
+pub struct LoadedLm<B: Backend> {
+    /// The model.
+    pub model: LlamaForCausalLm<B>,
+    /// Its config.
+    pub config: LlamaConfig,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// End-of-sequence token ids (from metadata/config; may be empty).
+    pub eos_ids: Vec<u32>,
+    /// Chat template text, if the file has one.
+    pub chat_template: Option<String>,
+    /// Model file or folder.
+    pub source: PathBuf,
+}
+
+/// Loads a Llama-family model from a `.gguf` file or a Hugging Face folder.
+pub fn load_causal_lm<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedLm<B>, ModelError> {
+    if path.is_dir() {
+        load_llama_hf_dir(path, device)
+    } else {
+        load_llama_gguf(path, device)
+    }
+}
+
+/// Loads a Llama-family GGUF (q/k rows kept in llama.cpp's order; interleaved RoPE).
+pub fn load_llama_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedLm<B>, ModelError> {
+    let file = GgufFile::open(path).map_err(|e| fmt_err(path, e))?;
+    let origin = path.display().to_string();
+    let arch = file.architecture().map_err(|e| fmt_err(path, e))?.to_string();
+    let names = file.names();
+    let emb = file
+        .tensor_info("token_embd.weight")
+        .map_err(|e| fmt_err(path, e))?;
+    let vocab = emb.shape.first().copied().unwrap_or(0);
+    let tied = !names.iter().any(|n| n == "output.weight");
+    let num = |k: &str| file.get(k).and_then(|v| v.as_float().or_else(|| v.as_int().map(|i| i as f64)));
+    let config = LlamaConfig::from_gguf(&num, &arch, vocab, tied, &origin)?;
+    let src = SourceWeights(&file);
+    let model = LlamaForCausalLm::load(&config, &GgufAsHf(&src), device)?;
+    let tokenizer = tokenizer_from_gguf(&file).map_err(|e| fmt_err(path, e))?;
+    let eos_ids = file
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_int())
+        .map(|i| vec![i as u32])
+        .unwrap_or_default();
+    Ok(LoadedLm {
+        model,
+        config,
+        tokenizer,
+        eos_ids,
+        chat_template: file.chat_template().map(str::to_string),
+        source: path.to_path_buf(),
+    })
+}
+
+fn safetensors_in(dir: &Path) -> Result<SafetensorsFiles, ModelError> {
+    SafetensorsFiles::open_dir(dir).map_err(|e| fmt_err(dir, e))
+}
+
+/// Loads a Llama-family Hugging Face folder (`config.json`, `*.safetensors`, `tokenizer.json`).
+pub fn load_llama_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLm<B>, ModelError> {
+    let cpath = dir.join("config.json");
+    let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
+    let config = LlamaConfig::from_hf_json(&cfg_json, &cpath.display().to_string())?;
+    let files = safetensors_in(dir)?;
+    let model = LlamaForCausalLm::load(&config, &SourceWeights(&files), device)?;
+    let tpath = dir.join("tokenizer.json");
+    let tokenizer = load_tokenizer_json(&tpath).map_err(|e| fmt_err(&tpath, e))?;
+    let eos_ids = match cfg_json.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|x| x as u32).collect(),
+        _ => Vec::new(),
+    };
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(str::to_string));
+    Ok(LoadedLm {
+        model,
+        config,
+        tokenizer,
+        eos_ids,
+        chat_template,
+        source: dir.to_path_buf(),
+    })
+}
+
+/// Loads a BERT-family Hugging Face folder (e.g. all-MiniLM-L6-v2) and its tokenizer.
+pub fn load_bert_hf_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(BertModel<B>, BertConfig, Tokenizer), ModelError> {
+    let cpath = dir.join("config.json");
+    let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
+    let config = BertConfig::from_hf_json(&cfg_json, &cpath.display().to_string())?;
+    let files = safetensors_in(dir)?;
+    let model = BertModel::load(&config, &SourceWeights(&files), device)?;
+    let tpath = dir.join("tokenizer.json");
+    let tokenizer = load_tokenizer_json(&tpath).map_err(|e| fmt_err(&tpath, e))?;
+    Ok((model, config, tokenizer))
+}

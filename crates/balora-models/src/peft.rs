@@ -1,0 +1,398 @@
+//! PEFT-compatible adapter files: `adapter_model.safetensors` + `adapter_config.json`, with
+//! PEFT's key names (`base_model.model.<module>.lora_A.weight` `[r, in]`, `lora_B.weight`
+//! `[out, r]`) and config fields.
+//!
+//! For a Llama base loaded from GGUF (q/k rows permuted by llama.cpp), the q/k `lora_B` rows are
+//! mapped to Hugging Face's order on save and back on load, so files are always HF-layout.
+
+use crate::host::AdapterHost;
+use crate::llama::permute_rows;
+use crate::st::{read_safetensors, write_atomic, write_safetensors};
+use crate::surgery::{module_hparams, unfreeze, AdapterSpec, ModuleSelector};
+use crate::weights::{to_vec, Weights};
+use crate::ModelError;
+use balora_adapter::{LoraAdapter, LoraLinear};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// File names inside an adapter directory.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// Config file name.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// Extra fields written into `adapter_config.json`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdapterMeta {
+    /// PEFT `task_type` (`CAUSAL_LM`, `SEQ_CLS`, `FEATURE_EXTRACTION`).
+    pub task_type: Option<String>,
+    /// Base model name or path.
+    pub base_model_name_or_path: Option<String>,
+}
+
+/// The PEFT key prefix of a module.
+pub fn peft_prefix(path: &str) -> String {
+    format!("base_model.model.{path}")
+}
+
+/// Config fields balora understands (value used).
+const USED: &[&str] = &[
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "rank_pattern",
+    "alpha_pattern",
+    "modules_to_save",
+    "use_rslora",
+    "lora_dropout",
+    "init_lora_weights",
+];
+/// Fields that carry no meaning for the weights (any value accepted).
+const INERT: &[&str] = &[
+    "task_type",
+    "peft_type",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "auto_mapping",
+    "megatron_core",
+    "layers_pattern",
+    "runtime_config",
+    "qalora_group_size",
+    "peft_version",
+    "ensure_weight_tying",
+];
+
+/// Fields that must hold their default: (name, accepted values).
+fn must_default(name: &str, v: &Value) -> Option<bool> {
+    let ok = match name {
+        "fan_in_fan_out" | "use_dora" | "lora_bias" | "use_qalora" => {
+            matches!(v, Value::Null | Value::Bool(false))
+        }
+        "bias" => matches!(v, Value::Null) || v == "none",
+        "layer_replication"
+        | "megatron_config"
+        | "eva_config"
+        | "corda_config"
+        | "trainable_token_indices"
+        | "alora_invocation_tokens"
+        | "arrow_config" => v.is_null(),
+        "loftq_config" => v.is_null() || v.as_object().is_some_and(Map::is_empty),
+        "target_parameters" => v.is_null() || v.as_array().is_some_and(Vec::is_empty),
+        _ => return None,
+    };
+    Some(ok)
+}
+
+/// Parses `adapter_config.json` text; unknown or unsupported fields are errors.
+pub fn parse_config(text: &str, origin: &str) -> Result<AdapterSpec, ModelError> {
+    let err = |m: String| ModelError::Adapter {
+        file: origin.to_string(),
+        message: m,
+    };
+    let v: Value = serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("expected a JSON object".into()))?;
+    if let Some(t) = obj.get("peft_type") {
+        if t != "LORA" {
+            return Err(err(format!(
+                "peft_type {t} is not supported (only \"LORA\")"
+            )));
+        }
+    }
+    let mut used = Map::new();
+    for (k, val) in obj {
+        if USED.contains(&k.as_str()) {
+            if !val.is_null() {
+                used.insert(k.clone(), val.clone());
+            }
+        } else if INERT.contains(&k.as_str()) {
+        } else {
+            match must_default(k, val) {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(err(format!(
+                        "field `{k}` = {val} is not supported by balora (only PEFT's default)"
+                    )))
+                }
+                None => return Err(err(format!("unknown field `{k}`"))),
+            }
+        }
+    }
+    for req in ["r", "lora_alpha", "target_modules"] {
+        if !used.contains_key(req) {
+            return Err(err(format!("missing field `{req}`")));
+        }
+    }
+    serde_json::from_value(Value::Object(used)).map_err(|e| err(format!("bad field: {e}")))
+}
+
+fn adapter_err(file: &Path, m: String) -> ModelError {
+    ModelError::Adapter {
+        file: file.display().to_string(),
+        message: m,
+    }
+}
+
+/// The suffix names of the adapted modules (PEFT writes the resolved set for `"all-linear"`).
+fn resolved_targets<B: Backend, M: AdapterHost<B>>(model: &M) -> Vec<String> {
+    let set: BTreeSet<String> = model
+        .linears()
+        .into_iter()
+        .filter(|(_, l)| l.adapter.is_some())
+        .map(|(i, _)| i.path.rsplit('.').next().unwrap_or(&i.path).to_string())
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The config JSON PEFT would write for `spec`.
+pub fn config_json<B: Backend, M: AdapterHost<B>>(
+    model: &M,
+    spec: &AdapterSpec,
+    meta: &AdapterMeta,
+) -> Value {
+    let targets = match &spec.target_modules {
+        ModuleSelector::Regex(r) if r != "all-linear" => json!(r),
+        ModuleSelector::List(v) if !(v.len() == 1 && v[0] == "all-linear") => json!(v),
+        _ => json!(resolved_targets(model)),
+    };
+    json!({
+        "peft_type": "LORA",
+        "task_type": meta.task_type,
+        "base_model_name_or_path": meta.base_model_name_or_path,
+        "revision": null,
+        "inference_mode": true,
+        "r": spec.r,
+        "lora_alpha": spec.lora_alpha,
+        "lora_dropout": spec.lora_dropout,
+        "target_modules": targets,
+        "exclude_modules": spec.exclude_modules,
+        "layers_to_transform": spec.layers_to_transform,
+        "layers_pattern": null,
+        "rank_pattern": spec.rank_pattern,
+        "alpha_pattern": spec.alpha_pattern,
+        "modules_to_save": spec.modules_to_save,
+        "use_rslora": spec.use_rslora,
+        "use_dora": false,
+        "fan_in_fan_out": false,
+        "bias": "none",
+        "init_lora_weights": spec.init_lora_weights,
+    })
+}
+
+/// All tensors of the adapter file, in PEFT names and HF layout.
+pub fn adapter_tensors<B: Backend, M: AdapterHost<B>>(
+    model: &M,
+    spec: &AdapterSpec,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let save = spec.modules_to_save.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for (info, l) in model.linears() {
+        let pre = peft_prefix(&info.path);
+        let inv = info.inverse_perm();
+        if let Some(a) = &l.adapter {
+            let [r, din] = a.lora_a.dims();
+            let [dout, _] = a.lora_b.dims();
+            let mut b = to_vec(a.lora_b.val());
+            if let Some(inv) = &inv {
+                b = permute_rows(&b, r, inv);
+            }
+            out.push((
+                format!("{pre}.lora_A.weight"),
+                vec![r, din],
+                to_vec(a.lora_a.val()),
+            ));
+            out.push((format!("{pre}.lora_B.weight"), vec![dout, r], b));
+        }
+        if save
+            .iter()
+            .any(|s| info.path == *s || info.path.ends_with(&format!(".{s}")))
+        {
+            let (din, dout) = l.dims();
+            let mut w = to_vec(l.base.weight.val().transpose());
+            if let Some(inv) = &inv {
+                w = permute_rows(&w, din, inv);
+            }
+            out.push((format!("{pre}.weight"), vec![dout, din], w));
+            if let Some(bias) = &l.base.bias {
+                let mut bv = to_vec(bias.val());
+                if let Some(inv) = &inv {
+                    bv = permute_rows(&bv, 1, inv);
+                }
+                out.push((format!("{pre}.bias"), vec![dout], bv));
+            }
+        }
+    }
+    out
+}
+
+/// Saves the model's adapters as a PEFT adapter directory (both files written atomically).
+pub fn save_adapter<B: Backend, M: AdapterHost<B>>(
+    model: &M,
+    spec: &AdapterSpec,
+    meta: &AdapterMeta,
+    dir: &Path,
+) -> Result<(), ModelError> {
+    let tensors = adapter_tensors(model, spec);
+    if tensors.is_empty() {
+        return Err(adapter_err(dir, "the model has no adapters to save".into()));
+    }
+    write_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
+    let cfg = serde_json::to_string_pretty(&config_json(model, spec, meta)).unwrap_or_default();
+    write_atomic(&dir.join(ADAPTER_CONFIG), cfg.as_bytes())
+}
+
+/// Reads an adapter directory: the parsed config and the raw tensors.
+pub fn read_adapter(dir: &Path) -> Result<(AdapterSpec, crate::MemWeights), ModelError> {
+    let cpath = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
+    let spec = parse_config(&text, &cpath.display().to_string())?;
+    let wpath = dir.join(ADAPTER_WEIGHTS);
+    let w = read_safetensors(&wpath)?;
+    Ok((spec, w))
+}
+
+fn tensor2<B: Backend>(data: Vec<f32>, shape: [usize; 2], dev: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(data, shape), dev)
+}
+
+/// Attaches the adapters of a PEFT adapter directory to `model` (replacing any present).
+/// Every key of the file must belong to a module of the model; shapes are checked.
+pub fn load_adapter<B: Backend, M: AdapterHost<B>>(
+    model: M,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(M, AdapterSpec), ModelError> {
+    let (spec, w) = read_adapter(dir)?;
+    let model = apply_adapter_tensors(model, &spec, &w, device)?;
+    Ok((model, spec))
+}
+
+/// Attaches adapters from PEFT-named tensors `w` according to `spec`.
+pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
+    mut model: M,
+    spec: &AdapterSpec,
+    w: &crate::MemWeights,
+    device: &B::Device,
+) -> Result<M, ModelError> {
+    let file = std::path::PathBuf::from(w.origin());
+    let mut consumed: BTreeSet<String> = BTreeSet::new();
+    let save = spec.modules_to_save.clone().unwrap_or_default();
+    for (info, l) in model.linears_mut() {
+        let pre = peft_prefix(&info.path);
+        let (din, dout) = l.dims();
+        let ka = format!("{pre}.lora_A.weight");
+        let kb = format!("{pre}.lora_B.weight");
+        if w.contains(&ka) || w.contains(&kb) {
+            let (sa, a) = w.fetch(&ka)?;
+            let (sb, b) = w.fetch(&kb)?;
+            if sa.len() != 2 || sa[1] != din {
+                return Err(ModelError::Shape {
+                    file: w.origin(),
+                    tensor: ka,
+                    expected: vec![sa.first().copied().unwrap_or(0), din],
+                    actual: sa,
+                });
+            }
+            let r = sa[0];
+            if sb != [dout, r] {
+                return Err(ModelError::Shape {
+                    file: w.origin(),
+                    tensor: kb,
+                    expected: vec![dout, r],
+                    actual: sb,
+                });
+            }
+            let (r_cfg, _, scale) = module_hparams(spec, &info.path)?;
+            if r_cfg != r {
+                return Err(adapter_err(
+                    &file,
+                    format!(
+                        "`{ka}` has rank {r} but the config gives rank {r_cfg} for `{}`",
+                        info.path
+                    ),
+                ));
+            }
+            // A file may hold adapters for modules its config does not target; PEFT loads
+            // them anyway, and so do we.
+            let b = match &info.out_perm {
+                Some(p) => permute_rows(&b, r, p),
+                None => b,
+            };
+            *l = attach_factors(
+                l.clone(),
+                tensor2(a, [r, din], device),
+                tensor2(b, [dout, r], device),
+                scale,
+                spec.lora_dropout,
+            );
+            consumed.insert(ka);
+            consumed.insert(kb);
+        }
+        let kw = format!("{pre}.weight");
+        if w.contains(&kw) {
+            if !save
+                .iter()
+                .any(|s| info.path == *s || info.path.ends_with(&format!(".{s}")))
+            {
+                return Err(adapter_err(
+                    &file,
+                    format!(
+                        "`{kw}` is present but `{}` is not in modules_to_save",
+                        info.path
+                    ),
+                ));
+            }
+            let data = crate::weights::fetch_checked(w, &kw, &[dout, din])?;
+            let data = match &info.out_perm {
+                Some(p) => permute_rows(&data, din, p),
+                None => data,
+            };
+            let mut base = l.base.clone();
+            base.weight =
+                crate::weights::frozen(tensor2::<B>(data, [dout, din], device).transpose());
+            consumed.insert(kw);
+            let kbias = format!("{pre}.bias");
+            if w.contains(&kbias) {
+                let bd = crate::weights::fetch_checked(w, &kbias, &[dout])?;
+                let bd = match &info.out_perm {
+                    Some(p) => permute_rows(&bd, 1, p),
+                    None => bd,
+                };
+                base.bias = Some(crate::weights::frozen(Tensor::from_data(
+                    TensorData::new(bd, [dout]),
+                    device,
+                )));
+                consumed.insert(kbias);
+            }
+            let mut nl = l.clone();
+            nl.base = base;
+            *l = unfreeze(nl);
+        }
+    }
+    if let Some(extra) = w.tensors.keys().find(|k| !consumed.contains(*k)) {
+        return Err(adapter_err(&file, format!("tensor `{extra}` matches no adapted module of this model (expected keys like `base_model.model.<module>.lora_A.weight`)")));
+    }
+    if consumed.is_empty() {
+        return Err(adapter_err(
+            &file,
+            "the file holds no adapter tensors".into(),
+        ));
+    }
+    Ok(model)
+}
+
+fn attach_factors<B: Backend>(
+    mut l: LoraLinear<B>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    scale: f64,
+    dropout: f64,
+) -> LoraLinear<B> {
+    l.adapter = Some(LoraAdapter::from_tensors(a, b, scale, dropout));
+    l
+}

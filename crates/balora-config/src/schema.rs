@@ -105,7 +105,7 @@ pub enum Dtype {
 pub struct ModelSection {
     /// Family.
     pub family: ModelFamily,
-    /// A pinned asset name (fetched on first use), e.g. `smollm2-135m`.
+    /// A pinned asset name (fetched on first use through balora-assets), e.g. `smollm2`.
     pub asset: Option<String>,
     /// A local model file or directory (overrides `asset`).
     pub path: Option<PathBuf>,
@@ -121,7 +121,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self {
             family: ModelFamily::Llama,
-            asset: Some("smollm2-135m".into()),
+            asset: Some("smollm2".into()),
             path: None,
             tokenizer: None,
             dtype: Dtype::F32,
@@ -228,7 +228,7 @@ pub enum ChatTemplateName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// A bundled corpus fetched through balora-assets (e.g. `shakespeare`).
+    /// A bundled public-domain corpus fetched through balora-assets (`moby-dick`).
     pub asset: Option<String>,
     /// A local data file (overrides `asset`).
     pub path: Option<PathBuf>,
@@ -256,13 +256,13 @@ pub struct DataSection {
 impl Default for DataSection {
     fn default() -> Self {
         Self {
-            asset: Some("shakespeare".into()),
+            asset: Some("moby-dick".into()),
             path: None,
             validation_path: None,
             format: DataFormat::Auto,
-            seq_len: 64,
-            validation_fraction: 0.1,
-            max_chars: 0,
+            seq_len: 32,
+            validation_fraction: 0.05,
+            max_chars: 200_000,
             max_examples: 0,
             chat_template: ChatTemplateName::Chatml,
             mask_prompt: true,
@@ -324,16 +324,16 @@ pub struct TrainerSection {
 impl Default for TrainerSection {
     fn default() -> Self {
         Self {
-            steps: 60,
+            steps: 36,
             batch_size: 4,
             grad_accum: 1,
-            lr: 2e-3,
+            lr: 3e-3,
             schedule: ScheduleName::Cosine,
-            warmup_steps: 5,
+            warmup_steps: 3,
             min_lr_ratio: 0.1,
             max_grad_norm: 1.0,
-            eval_every: 10,
-            eval_batches: 0,
+            eval_every: 12,
+            eval_batches: 2,
             seed: 0,
             devices: vec!["cpu".into()],
             checkpoint_every: 0,

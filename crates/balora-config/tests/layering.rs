@@ -26,7 +26,7 @@ fn layers_override_in_order_defaults_file_env_set() {
         )?;
         // Default only.
         let d = JobConfig::load(None, &[]).unwrap();
-        assert_eq!(d.trainer.steps, 60);
+        assert_eq!(d.trainer.steps, 36);
         // File overrides defaults.
         let f = JobConfig::load(Some("job.toml".as_ref()), &[]).unwrap();
         assert_eq!((f.trainer.lr, f.trainer.steps, f.adapter.r), (1e-3, 7, 4));

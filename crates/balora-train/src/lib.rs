@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod loss;
+pub mod plot;
 pub mod report;
 mod schedule;
 mod stepper;

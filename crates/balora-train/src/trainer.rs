@@ -364,6 +364,43 @@ where
         }
         Ok(())
     };
+    let eval_now = |model: &M, step: u64, tokens: u64, elapsed: f64| -> Option<MetricRecord> {
+        if data.valid.is_empty() {
+            return None;
+        }
+        let (loss, acc) = evaluate(
+            model,
+            objective,
+            &data.valid,
+            data.pad_id,
+            cfg.batch_size,
+            cfg.eval_batches,
+            device,
+        );
+        pb.suspend(|| match acc {
+            Some(a) => tracing::info!(step, "eval loss {loss:.4}  accuracy {a:.3}"),
+            None => tracing::info!(step, "eval loss {loss:.4}  perplexity {:.2}", loss.exp()),
+        });
+        Some(MetricRecord {
+            kind: "eval".into(),
+            step,
+            loss,
+            lr: None,
+            perplexity: (!objective.classification).then(|| loss.exp()),
+            accuracy: acc,
+            grad_norm: None,
+            step_s: None,
+            hook_s: None,
+            tokens,
+            elapsed_s: elapsed,
+        })
+    };
+    if start == 0 && cfg.eval_every > 0 {
+        if let Some(rec) = eval_now(&model, 0, 0, 0.0) {
+            metrics.write(&rec);
+            history.push(rec);
+        }
+    }
     for step in start + 1..=end {
         let t0 = Instant::now();
         // Dropout masks depend only on (seed, step): resumable without saving backend RNG state.
@@ -428,33 +465,7 @@ where
         ));
         let last = step == cfg.steps;
         if (cfg.eval_every > 0 && step % cfg.eval_every == 0) || last {
-            if !data.valid.is_empty() {
-                let (loss, acc) = evaluate(
-                    &model,
-                    objective,
-                    &data.valid,
-                    data.pad_id,
-                    cfg.batch_size,
-                    cfg.eval_batches,
-                    device,
-                );
-                let rec = MetricRecord {
-                    kind: "eval".into(),
-                    step,
-                    loss,
-                    lr: None,
-                    perplexity: (!objective.classification).then(|| loss.exp()),
-                    accuracy: acc,
-                    grad_norm: None,
-                    step_s: None,
-                    hook_s: None,
-                    tokens,
-                    elapsed_s: elapsed0 + train_s,
-                };
-                pb.suspend(|| match acc {
-                    Some(a) => tracing::info!(step, "eval loss {loss:.4}  accuracy {a:.3}"),
-                    None => tracing::info!(step, "eval loss {loss:.4}  perplexity {:.2}", loss.exp()),
-                });
+            if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s) {
                 metrics.write(&rec);
                 history.push(rec);
             }

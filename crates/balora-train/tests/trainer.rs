@@ -88,7 +88,9 @@ fn training_a_tiny_model_lowers_the_eval_loss() {
         assert!((before - 64f64.ln()).abs() < 0.5, "{manifold}: initial loss {before}");
         assert!(after < before - 0.5, "{manifold}: eval loss {before} -> {after}");
         assert_eq!(out.history.iter().filter(|r| r.kind == "train").count(), 30);
-        assert_eq!(out.history.iter().filter(|r| r.kind == "eval").count(), 6);
+        assert_eq!(out.history.iter().filter(|r| r.kind == "eval").count(), 7); // step 0, 5, …, 30
+        assert_eq!(out.history[0].step, 0);
+        assert!((out.history[0].loss - before).abs() < 1e-9);
     }
 }
 

@@ -86,7 +86,11 @@ impl Cell {
 /// Runs the comparison.
 pub fn run(args: CompareArgs) -> Result<()> {
     let base_cfg = JobConfig::load(args.job.config.as_deref(), &args.job.sets)?;
-    let methods: Vec<Method> = args.methods.iter().map(|m| parse_method(m)).collect::<Result<_>>()?;
+    let methods: Vec<Method> = args
+        .methods
+        .iter()
+        .map(|m| parse_method(m))
+        .collect::<Result<_>>()?;
     let out = args
         .job
         .out
@@ -118,7 +122,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
                         cfg.optimizer.options = Options::default();
                     }
                     let dir = out.join(format!("{}-lr{lr:e}-std{std:e}", m.label));
-                    tracing::info!("[{}/{total}] {} lr {lr:e} init std {std:e}", cells.len() + 1, m.label);
+                    tracing::info!(
+                        "[{}/{total}] {} lr {lr:e} init std {std:e}",
+                        cells.len() + 1,
+                        m.label
+                    );
                     let o = run_method::<B>(&cfg, &base, &data, &dir, None, &device)?;
                     cells.push(Cell {
                         method: m.label.clone(),
@@ -157,7 +165,10 @@ fn write_report(
 ) -> Result<String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("report");
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("report");
     // Best cell per method (lowest best eval loss).
     let best: Vec<&Cell> = methods
         .iter()
@@ -185,18 +196,35 @@ fn write_report(
             })
             .collect()
     };
-    let title = format!("eval loss, best grid cell per method ({})", cfg.model.asset.clone().unwrap_or_default());
+    let title = format!(
+        "eval loss, best grid cell per method ({})",
+        cfg.model.asset.clone().unwrap_or_default()
+    );
     line_plot(&step_svg, &title, "step", "eval loss", &series(false))
         .map_err(|e| anyhow::anyhow!("{}: {e}", step_svg.display()))?;
-    line_plot(&time_svg, &title, "training seconds", "eval loss", &series(true))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", time_svg.display()))?;
+    line_plot(
+        &time_svg,
+        &title,
+        "training seconds",
+        "eval loss",
+        &series(true),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", time_svg.display()))?;
     let lora_best = cells
         .iter()
         .filter(|c| c.method == methods[0].label)
         .map(Cell::best)
         .fold(f64::INFINITY, f64::min);
     let mut md = String::new();
-    let _ = writeln!(md, "# LoRA vs BaLoRA on {}\n", cfg.model.asset.clone().or(cfg.model.path.as_ref().map(|p| p.display().to_string())).unwrap_or_default());
+    let _ = writeln!(
+        md,
+        "# LoRA vs BaLoRA on {}\n",
+        cfg.model
+            .asset
+            .clone()
+            .or(cfg.model.path.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_default()
+    );
     let _ = writeln!(
         md,
         "Data `{}`, seq_len {}, batch {}×{}, {} steps, schedule {:?} (warmup {}), optimizer `{}`, r = {}, α = {}, targets {:?}, seed {}; {} runs in {:.0} s on `{:?}`.\n",
@@ -210,11 +238,32 @@ fn write_report(
     let _ = writeln!(md, "| method | best eval loss | at (lr, init std) | final eval loss | steps to reach {}'s best ({lora_best:.4}) | projection+transport / step time |", methods[0].label);
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for c in &best {
-        let reach = c.reach(lora_best).map_or("not reached".to_string(), |s| s.to_string());
-        let overhead = if c.train_s > 0.0 { 100.0 * c.hook_s / c.train_s } else { 0.0 };
-        let _ = writeln!(md, "| {} | {:.4} | ({:e}, {:e}) | {:.4} | {} | {:.2}% |", c.method, c.best(), c.lr, c.init_std, c.last(), reach, overhead);
+        let reach = c
+            .reach(lora_best)
+            .map_or("not reached".to_string(), |s| s.to_string());
+        let overhead = if c.train_s > 0.0 {
+            100.0 * c.hook_s / c.train_s
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.4} | ({:e}, {:e}) | {:.4} | {} | {:.2}% |",
+            c.method,
+            c.best(),
+            c.lr,
+            c.init_std,
+            c.last(),
+            reach,
+            overhead
+        );
     }
-    let _ = writeln!(md, "\n![eval loss vs step]({})\n\n![eval loss vs time]({})\n", step_svg.file_name().and_then(|s| s.to_str()).unwrap_or(""), time_svg.file_name().and_then(|s| s.to_str()).unwrap_or(""));
+    let _ = writeln!(
+        md,
+        "\n![eval loss vs step]({})\n\n![eval loss vs time]({})\n",
+        step_svg.file_name().and_then(|s| s.to_str()).unwrap_or(""),
+        time_svg.file_name().and_then(|s| s.to_str()).unwrap_or("")
+    );
     let _ = writeln!(md, "## All grid cells\n");
     let _ = writeln!(md, "| method | lr | init std | best eval | final eval | train s | s/step | hook s/step | hook share |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
@@ -223,7 +272,14 @@ fn write_report(
         let _ = writeln!(
             md,
             "| {} | {:e} | {:e} | {:.4} | {:.4} | {:.1} | {:.3} | {:.4} | {:.2}% |",
-            c.method, c.lr, c.init_std, c.best(), c.last(), c.train_s, c.train_s / n, c.hook_s / n,
+            c.method,
+            c.lr,
+            c.init_std,
+            c.best(),
+            c.last(),
+            c.train_s,
+            c.train_s / n,
+            c.hook_s / n,
             100.0 * c.hook_s / c.train_s.max(1e-12)
         );
     }

@@ -13,5 +13,7 @@ pub fn load<T: Serialize + DeserializeOwned>(
     sets: &[String],
 ) -> Result<T> {
     let file = (file.exists() || file != Path::new("configs/synthetic.toml")).then_some(file);
-    Ok(balora_config::load_layered(defaults, file, env_prefix, None, sets)?)
+    Ok(balora_config::load_layered(
+        defaults, file, env_prefix, None, sets,
+    )?)
 }

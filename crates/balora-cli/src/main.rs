@@ -138,7 +138,7 @@ fn synthetic(
     tracing::info!(backend = %backend, runs = total, "synthetic experiment: {}×{} layer, rank {}, {} steps", cfg.dim, cfg.dim, cfg.rank, cfg.steps);
     let start = Instant::now();
     let progress = |done: usize, total: usize| {
-        if done % (total / 10).max(1) == 0 {
+        if done.is_multiple_of((total / 10).max(1)) {
             tracing::info!(
                 "{done}/{total} runs ({:.0}s)",
                 start.elapsed().as_secs_f64()

@@ -44,13 +44,17 @@ pub fn resolve(cfg: &JobConfig) -> Result<Resolved> {
         (Some(p), _) => p.clone(),
         (None, Some("smollm2")) => paths.smollm2_gguf()?,
         (None, Some("minilm")) => paths.minilm_dir()?,
-        (None, Some(other)) => bail!("model.asset `{other}` is not a model; allowed: smollm2, minilm"),
+        (None, Some(other)) => {
+            bail!("model.asset `{other}` is not a model; allowed: smollm2, minilm")
+        }
         (None, None) => bail!("set model.path or model.asset"),
     };
     let data_path = match (&cfg.data.path, cfg.data.asset.as_deref()) {
         (Some(p), _) => p.clone(),
         (None, Some("moby-dick")) => paths.moby_dick_text()?,
-        (None, Some(other)) => bail!("data.asset `{other}` is not a text corpus; allowed: moby-dick (or set data.path)"),
+        (None, Some(other)) => bail!(
+            "data.asset `{other}` is not a text corpus; allowed: moby-dick (or set data.path)"
+        ),
         (None, None) => bail!("set data.path or data.asset"),
     };
     Ok(Resolved {
@@ -84,6 +88,7 @@ pub fn adapter_spec(cfg: &JobConfig) -> AdapterSpec {
 }
 
 /// A base model (adapters not yet attached) with its dataset.
+#[allow(clippy::large_enum_variant)] // one value per run
 pub enum Base<B: AutodiffBackend> {
     /// Causal LM.
     Llama(LlamaForCausalLm<B>),
@@ -186,7 +191,15 @@ where
             let (model, s) = attach(m.clone(), &spec, device)?;
             let model = with_init_std(model, cfg);
             tracing::info!("{s}");
-            let o = train(model, &mut stepper, data, &cfg.trainer, &opts, &Objective::causal(), device)?;
+            let o = train(
+                model,
+                &mut stepper,
+                data,
+                &cfg.trainer,
+                &opts,
+                &Objective::causal(),
+                device,
+            )?;
             std::fs::create_dir_all(&adapter_dir)?;
             save_adapter(&o.model, &spec, &meta("CAUSAL_LM"), &adapter_dir)?;
             strip(o)
@@ -195,7 +208,15 @@ where
             let (model, s) = attach(m.clone(), &spec, device)?;
             let _ = summary(&model, &cfg.adapter.modules_to_save);
             tracing::info!("{s}");
-            let o = train(model, &mut stepper, data, &cfg.trainer, &opts, &Objective::classifier(), device)?;
+            let o = train(
+                model,
+                &mut stepper,
+                data,
+                &cfg.trainer,
+                &opts,
+                &Objective::classifier(),
+                device,
+            )?;
             std::fs::create_dir_all(&adapter_dir)?;
             save_adapter(&o.model, &spec, &meta("SEQ_CLS"), &adapter_dir)?;
             strip(o)
@@ -206,8 +227,12 @@ where
 
 /// With `adapter.init = "gaussian"` and `adapter.init_std`, rescales every A to that std
 /// (PEFT's gaussian init uses 1/r; `balora compare` sweeps this scale).
-fn with_init_std<B: AutodiffBackend, M: balora_models::AdapterHost<B>>(mut model: M, cfg: &JobConfig) -> M {
-    let (Some(std), balora_config::InitName::Gaussian) = (cfg.adapter.init_std, cfg.adapter.init) else {
+fn with_init_std<B: AutodiffBackend, M: balora_models::AdapterHost<B>>(
+    mut model: M,
+    cfg: &JobConfig,
+) -> M {
+    let (Some(std), balora_config::InitName::Gaussian) = (cfg.adapter.init_std, cfg.adapter.init)
+    else {
         return model;
     };
     let factor = std * cfg.adapter.r as f64; // PEFT gaussian: std 1/r
@@ -234,6 +259,7 @@ fn strip<M>(o: TrainOutcome<M>) -> TrainOutcome<()> {
 /// `balora train`.
 pub fn run(config: Option<&Path>, sets: &[String], out: Option<PathBuf>) -> Result<()> {
     let cfg = JobConfig::load(config, sets)?;
+    check_devices(&cfg)?;
     let out = out.unwrap_or_else(|| cfg.output.dir.clone());
     let backend = backend_of(cfg.backend);
     let start = Instant::now();
@@ -246,10 +272,17 @@ pub fn run(config: Option<&Path>, sets: &[String], out: Option<PathBuf>) -> Resu
     })?;
     let wall = start.elapsed().as_secs_f64();
     let plot = out.join("loss.svg");
-    balora_train::plot::loss_plot(&plot, &format!("{} on {}", method_label(&cfg), res.data_path.display()), &outcome.history)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", plot.display()))?;
-    let evals: Vec<&balora_train::MetricRecord> =
-        outcome.history.iter().filter(|r| r.kind == "eval").collect();
+    balora_train::plot::loss_plot(
+        &plot,
+        &format!("{} on {}", method_label(&cfg), res.data_path.display()),
+        &outcome.history,
+    )
+    .map_err(|e| anyhow::anyhow!("writing {}: {e}", plot.display()))?;
+    let evals: Vec<&balora_train::MetricRecord> = outcome
+        .history
+        .iter()
+        .filter(|r| r.kind == "eval")
+        .collect();
     println!(
         "trained {} steps in {:.1}s ({:.1}s wall incl. loading; {:.0} tokens/s; manifold hook {:.2}% of step time)",
         outcome.history.iter().filter(|r| r.kind == "train").count(),
@@ -259,7 +292,10 @@ pub fn run(config: Option<&Path>, sets: &[String], out: Option<PathBuf>) -> Resu
         100.0 * outcome.hook_s / outcome.train_s.max(1e-9)
     );
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        println!("eval loss: {:.4} (step {}) -> {:.4} (step {})", first.loss, first.step, last.loss, last.step);
+        println!(
+            "eval loss: {:.4} (step {}) -> {:.4} (step {})",
+            first.loss, first.step, last.loss, last.step
+        );
     }
     println!("adapter (PEFT): {}", out.join("adapter").display());
     println!("metrics:        {}", out.join("metrics.jsonl").display());
@@ -277,4 +313,18 @@ pub fn backend_of(b: balora_config::BackendName) -> crate::backend::BackendKind 
         balora_config::BackendName::Cuda => K::Cuda,
         balora_config::BackendName::Tch => K::Tch,
     }
+}
+
+/// `trainer.devices`: one device per run for now (see docs/trainer.md, "Past one device").
+pub fn check_devices(cfg: &JobConfig) -> Result<()> {
+    if cfg.trainer.devices.len() > 1 {
+        bail!(
+            "trainer.devices = {:?}: data-parallel training is not wired in yet. burn-train 0.21's \
+             MultiDevice strategy needs a burn `Optimizer` wrapping the adapter optimizer + manifold, \
+             and its DDP strategy needs a `DistributedBackend` (CubeCL backends: cuda/wgpu), which \
+             the CPU ndarray backend is not (it also has only one device). Use one device.",
+            cfg.trainer.devices
+        );
+    }
+    Ok(())
 }

@@ -375,7 +375,10 @@ impl JobConfig {
             return Err(bad("adapter.r", "must be ≥ 1"));
         }
         if !(a.alpha.is_finite() && a.alpha > 0.0) {
-            return Err(bad("adapter.alpha", format!("must be > 0, got {}", a.alpha)));
+            return Err(bad(
+                "adapter.alpha",
+                format!("must be > 0, got {}", a.alpha),
+            ));
         }
         if !(0.0..1.0).contains(&a.dropout) {
             return Err(bad(
@@ -412,7 +415,10 @@ impl JobConfig {
             return Err(bad("trainer.steps", "must be ≥ 1"));
         }
         if t.batch_size == 0 || t.grad_accum == 0 {
-            return Err(bad("trainer.batch_size", "batch_size and grad_accum must be ≥ 1"));
+            return Err(bad(
+                "trainer.batch_size",
+                "batch_size and grad_accum must be ≥ 1",
+            ));
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return Err(bad("trainer.lr", format!("must be > 0, got {}", t.lr)));
@@ -424,7 +430,10 @@ impl JobConfig {
             return Err(bad("trainer.max_grad_norm", "must be ≥ 0 (0 = off)"));
         }
         if t.devices.is_empty() {
-            return Err(bad("trainer.devices", "list at least one device, e.g. [\"cpu\"]"));
+            return Err(bad(
+                "trainer.devices",
+                "list at least one device, e.g. [\"cpu\"]",
+            ));
         }
         for dev in &t.devices {
             parse_device(dev).map_err(|m| bad("trainer.devices", m))?;
@@ -432,8 +441,7 @@ impl JobConfig {
         if t.keep_checkpoints == 0 {
             return Err(bad("trainer.keep_checkpoints", "must be ≥ 1"));
         }
-        if self.model.family == ModelFamily::Bert
-            && self.data.format != DataFormat::Classification
+        if self.model.family == ModelFamily::Bert && self.data.format != DataFormat::Classification
         {
             return Err(bad(
                 "data.format",

@@ -1,4 +1,5 @@
 //! Layering order and error messages.
+#![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 
 use balora_config::{ConfigError, JobConfig, ScheduleName};
 use figment::Jail;
@@ -31,7 +32,7 @@ fn layers_override_in_order_defaults_file_env_set() {
         let f = JobConfig::load(Some("job.toml".as_ref()), &[]).unwrap();
         assert_eq!((f.trainer.lr, f.trainer.steps, f.adapter.r), (1e-3, 7, 4));
         assert_eq!(f.trainer.schedule, ScheduleName::Cosine); // untouched default
-        // Env overrides the file.
+                                                              // Env overrides the file.
         jail.set_env("BALORA_TRAINER__STEPS", "9");
         jail.set_env("BALORA_MANIFOLD__GAUGE", "canonical");
         // Unrelated BALORA_ variables are ignored.
@@ -74,13 +75,25 @@ fn unknown_section_and_bad_values_are_rejected() {
     let msg = err_of(JobConfig::load(None, &["trainr.lr=1".into()]));
     assert!(msg.contains("trainr") && msg.contains("trainer"), "{msg}");
     let msg = err_of(JobConfig::load(None, &["trainer.schedule=cosine2".into()]));
-    assert!(msg.contains("trainer.schedule") && msg.contains("constant"), "{msg}");
+    assert!(
+        msg.contains("trainer.schedule") && msg.contains("constant"),
+        "{msg}"
+    );
     let msg = err_of(JobConfig::load(None, &["trainer.steps=\"many\"".into()]));
     assert!(msg.contains("trainer.steps"), "{msg}");
     let msg = err_of(JobConfig::load(None, &["adapter.dropout=1.5".into()]));
-    assert!(msg.contains("adapter.dropout") && msg.contains("[0, 1)"), "{msg}");
-    let msg = err_of(JobConfig::load(None, &["trainer.devices=[\"tpu:0\"]".into()]));
-    assert!(msg.contains("trainer.devices") && msg.contains("cuda:N"), "{msg}");
+    assert!(
+        msg.contains("adapter.dropout") && msg.contains("[0, 1)"),
+        "{msg}"
+    );
+    let msg = err_of(JobConfig::load(
+        None,
+        &["trainer.devices=[\"tpu:0\"]".into()],
+    ));
+    assert!(
+        msg.contains("trainer.devices") && msg.contains("cuda:N"),
+        "{msg}"
+    );
     let msg = err_of(JobConfig::load(None, &["backend=metal".into()]));
     assert!(msg.contains("backend") && msg.contains("ndarray"), "{msg}");
     let msg = err_of(JobConfig::load(None, &["noequals".into()]));
@@ -91,7 +104,11 @@ fn unknown_section_and_bad_values_are_rejected() {
 
 #[test]
 fn shown_config_round_trips() {
-    let cfg = JobConfig::load(None, &["adapter.r=2".into(), "manifold.gauge=closest".into()]).unwrap();
+    let cfg = JobConfig::load(
+        None,
+        &["adapter.r=2".into(), "manifold.gauge=closest".into()],
+    )
+    .unwrap();
     let text = cfg.to_toml();
     let back: JobConfig = toml::from_str(&text).unwrap();
     assert_eq!(back, cfg);

@@ -62,7 +62,12 @@ impl Batch {
     /// Pads `examples` on the right with `pad_id`.
     pub fn collate(examples: &[&Example], pad_id: u32) -> Self {
         let batch = examples.len();
-        let seq = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+        let seq = examples
+            .iter()
+            .map(|e| e.ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let classification = examples.iter().any(|e| e.label.is_some());
         let mut input_ids = vec![pad_id as i64; batch * seq];
         let mut attention_mask = vec![false; batch * seq];

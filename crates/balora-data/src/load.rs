@@ -275,7 +275,11 @@ fn jsonl(
                         reason,
                     });
                 }
-                tracing::warn!("{}:{}: skipping malformed line: {reason}", path.display(), i + 1);
+                tracing::warn!(
+                    "{}:{}: skipping malformed line: {reason}",
+                    path.display(),
+                    i + 1
+                );
                 bad.push((i + 1, reason));
             }
         }
@@ -340,8 +344,9 @@ fn parse_line(
         return Ok(Example::class(ids, label));
     }
     let segments: Vec<(String, bool)> = if let Some(messages) = obj.get("messages") {
-        let msgs: Vec<ChatMessage> = serde_json::from_value(messages.clone())
-            .map_err(|e| format!("field `messages`: {e} (expected [{{\"role\", \"content\"}}…])"))?;
+        let msgs: Vec<ChatMessage> = serde_json::from_value(messages.clone()).map_err(|e| {
+            format!("field `messages`: {e} (expected [{{\"role\", \"content\"}}…])")
+        })?;
         if msgs.is_empty() {
             return Err("field `messages` is empty".into());
         }

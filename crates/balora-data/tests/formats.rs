@@ -5,8 +5,27 @@ use balora_data::{load_dataset, Batch, DataError, Encoder, Loader, IGNORE_INDEX}
 use std::io::Write;
 
 const WORDS: &[&str] = &[
-    "[UNK]", "<pad>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system", "hi", "there",
-    "hello", "be", "nice", "good", "bad", "the", "cat", "sat", "on", "mat", "[CLS]", "[SEP]",
+    "[UNK]",
+    "<pad>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "user",
+    "assistant",
+    "system",
+    "hi",
+    "there",
+    "hello",
+    "be",
+    "nice",
+    "good",
+    "bad",
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "[CLS]",
+    "[SEP]",
 ];
 
 /// A word-level tokenizer (whitespace pre-tokenizer) with ChatML markers as special tokens.
@@ -40,7 +59,10 @@ fn id(w: &str) -> u32 {
 fn file(name: &str, body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join(name);
-    std::fs::File::create(&p).unwrap().write_all(body.as_bytes()).unwrap();
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     (dir, p)
 }
 
@@ -79,7 +101,13 @@ fn jsonl_text_prompt_completion_and_chat_with_masking() {
     c.max_examples = 0;
     let ds = load_dataset(&c, &p, &encoder(), 0).unwrap();
     assert_eq!(ds.train.len(), 3);
-    let find = |first: &[u32]| ds.train.iter().find(|e| e.ids.starts_with(first)).unwrap().clone();
+    let find = |first: &[u32]| {
+        ds.train
+            .iter()
+            .find(|e| e.ids.starts_with(first))
+            .unwrap()
+            .clone()
+    };
     let (s, e) = (id("<|im_start|>"), id("<|im_end|>"));
     // {"text"}: everything trained.
     let t = find(&[id("the")]);
@@ -87,15 +115,52 @@ fn jsonl_text_prompt_completion_and_chat_with_masking() {
     assert!(t.target.iter().all(|&x| x));
     // prompt/completion through ChatML: only "hello<|im_end|>" is trained.
     let pc = find(&[s, id("user"), id("hi")]);
-    assert_eq!(pc.ids, vec![s, id("user"), id("hi"), id("there"), e, s, id("assistant"), id("hello"), e]);
-    assert_eq!(pc.target, vec![false, false, false, false, false, false, false, true, true]);
+    assert_eq!(
+        pc.ids,
+        vec![
+            s,
+            id("user"),
+            id("hi"),
+            id("there"),
+            e,
+            s,
+            id("assistant"),
+            id("hello"),
+            e
+        ]
+    );
+    assert_eq!(
+        pc.target,
+        vec![false, false, false, false, false, false, false, true, true]
+    );
     // messages: system and user turns masked, assistant content + end marker trained.
     let m = find(&[s, id("system")]);
     assert_eq!(
         m.ids,
-        vec![s, id("system"), id("be"), id("nice"), e, s, id("user"), id("hi"), e, s, id("assistant"), id("hello"), id("there"), e]
+        vec![
+            s,
+            id("system"),
+            id("be"),
+            id("nice"),
+            e,
+            s,
+            id("user"),
+            id("hi"),
+            e,
+            s,
+            id("assistant"),
+            id("hello"),
+            id("there"),
+            e
+        ]
     );
-    let trained: Vec<u32> = m.ids.iter().zip(&m.target).filter(|(_, &t)| t).map(|(&i, _)| i).collect();
+    let trained: Vec<u32> = m
+        .ids
+        .iter()
+        .zip(&m.target)
+        .filter(|(_, &t)| t)
+        .map(|(&i, _)| i)
+        .collect();
     assert_eq!(trained, vec![id("hello"), id("there"), e]);
     // Collated labels: −100 except trained positions; padding masked out.
     let b = Batch::collate(&[&pc, &t], 1);
@@ -105,8 +170,24 @@ fn jsonl_text_prompt_completion_and_chat_with_masking() {
     want[7] = id("hello") as i64;
     want[8] = e as i64;
     assert_eq!(row0, want);
-    assert_eq!(&b.labels[9..], &[IGNORE_INDEX, id("cat") as i64, id("sat") as i64, -100, -100, -100, -100, -100, -100]);
-    assert_eq!(&b.attention_mask[9..], &[true, true, true, false, false, false, false, false, false]);
+    assert_eq!(
+        &b.labels[9..],
+        &[
+            IGNORE_INDEX,
+            id("cat") as i64,
+            id("sat") as i64,
+            -100,
+            -100,
+            -100,
+            -100,
+            -100,
+            -100
+        ]
+    );
+    assert_eq!(
+        &b.attention_mask[9..],
+        &[true, true, true, false, false, false, false, false, false]
+    );
     assert_eq!(b.input_ids[12], 1);
     assert_eq!(b.loss_tokens(), 4);
 }
@@ -119,7 +200,10 @@ fn classification_with_string_and_integer_labels() {
     let mut labels: Vec<usize> = ds.train.iter().map(|e| e.label.unwrap()).collect();
     labels.sort();
     assert_eq!(labels, vec![0, 0, 1]);
-    let (_d2, p2) = file("cls2.jsonl", "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": 0}\n");
+    let (_d2, p2) = file(
+        "cls2.jsonl",
+        "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": 0}\n",
+    );
     let ds = load_dataset(&cfg(DataFormat::Classification, 8, 0.0), &p2, &encoder(), 0).unwrap();
     let b = Batch::collate(&ds.train.iter().collect::<Vec<_>>(), 1);
     assert!(b.classification);
@@ -130,18 +214,34 @@ fn classification_with_string_and_integer_labels() {
 
 #[test]
 fn malformed_line_is_reported_with_file_and_line() {
-    let (_d, p) = file("bad.jsonl", "{\"text\": \"the cat\"}\n{\"text\": \"the\"\n{\"text\": \"mat\"}\n");
+    let (_d, p) = file(
+        "bad.jsonl",
+        "{\"text\": \"the cat\"}\n{\"text\": \"the\"\n{\"text\": \"mat\"}\n",
+    );
     let err = load_dataset(&cfg(DataFormat::Jsonl, 8, 0.0), &p, &encoder(), 0).unwrap_err();
     assert!(matches!(err, DataError::Malformed { line: 2, .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("bad.jsonl:2") && msg.contains("invalid JSON"), "{msg}");
+    assert!(
+        msg.contains("bad.jsonl:2") && msg.contains("invalid JSON"),
+        "{msg}"
+    );
     // Wrong shapes are named too.
     let (_d, p) = file("shape.jsonl", "{\"prompt\": \"hi\"}\n");
-    let msg = load_dataset(&cfg(DataFormat::Jsonl, 8, 0.0), &p, &encoder(), 0).unwrap_err().to_string();
-    assert!(msg.contains("shape.jsonl:1") && msg.contains("completion"), "{msg}");
+    let msg = load_dataset(&cfg(DataFormat::Jsonl, 8, 0.0), &p, &encoder(), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("shape.jsonl:1") && msg.contains("completion"),
+        "{msg}"
+    );
     let (_d, p) = file("cls.jsonl", "{\"text\": \"good\", \"label\": -1}\n");
-    let msg = load_dataset(&cfg(DataFormat::Classification, 8, 0.0), &p, &encoder(), 0).unwrap_err().to_string();
-    assert!(msg.contains("cls.jsonl:1") && msg.contains("label"), "{msg}");
+    let msg = load_dataset(&cfg(DataFormat::Classification, 8, 0.0), &p, &encoder(), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("cls.jsonl:1") && msg.contains("label"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -157,7 +257,10 @@ fn tolerated_bad_lines_are_skipped_but_too_many_fail() {
     let body = format!("{good}not json\nnot json\n{good}");
     let (_d, p) = file("half.jsonl", &body);
     let msg = load_dataset(&c, &p, &encoder(), 0).unwrap_err().to_string();
-    assert!(msg.contains("2 of 4 lines") && msg.contains("line 2"), "{msg}");
+    assert!(
+        msg.contains("2 of 4 lines") && msg.contains("line 2"),
+        "{msg}"
+    );
 }
 
 #[test]

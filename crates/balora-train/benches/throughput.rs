@@ -20,10 +20,17 @@ type B = Autodiff<NdArray>;
 
 fn data(vocab: u32, seq: usize, n: usize) -> Dataset {
     let ex = |i: u32| {
-        let ids: Vec<u32> = (0..seq as u32).map(|t| (i * 31 + t * 7 + 1) % vocab).collect();
+        let ids: Vec<u32> = (0..seq as u32)
+            .map(|t| (i * 31 + t * 7 + 1) % vocab)
+            .collect();
         Example::lm(ids, vec![true; seq])
     };
-    Dataset { train: (0..n as u32).map(ex).collect(), valid: vec![], classes: vec![], pad_id: 0 }
+    Dataset {
+        train: (0..n as u32).map(ex).collect(),
+        valid: vec![],
+        classes: vec![],
+        pad_id: 0,
+    }
 }
 
 fn cfg(steps: u64) -> TrainerSection {
@@ -46,11 +53,33 @@ where
     M::InnerModule: CausalLm<NdArray>,
 {
     let dev = Default::default();
-    let mut st = TrainStepper::<B>::from_names("adamw", &Options::default(), manifold, &Options::default()).unwrap();
+    let mut st =
+        TrainStepper::<B>::from_names("adamw", &Options::default(), manifold, &Options::default())
+            .unwrap();
     // One warm-up step outside the measurement.
-    let warm = train(model, &mut st, d, &cfg(1), &RunOptions::default(), &Objective::causal(), &dev).unwrap();
-    let mut st = TrainStepper::<B>::from_names("adamw", &Options::default(), manifold, &Options::default()).unwrap();
-    let o = train(warm.model, &mut st, d, &cfg(steps), &RunOptions::default(), &Objective::causal(), &dev).unwrap();
+    let warm = train(
+        model,
+        &mut st,
+        d,
+        &cfg(1),
+        &RunOptions::default(),
+        &Objective::causal(),
+        &dev,
+    )
+    .unwrap();
+    let mut st =
+        TrainStepper::<B>::from_names("adamw", &Options::default(), manifold, &Options::default())
+            .unwrap();
+    let o = train(
+        warm.model,
+        &mut st,
+        d,
+        &cfg(steps),
+        &RunOptions::default(),
+        &Objective::causal(),
+        &dev,
+    )
+    .unwrap();
     (o.tokens as f64 / o.train_s, o.hook_s / o.train_s)
 }
 
@@ -69,11 +98,25 @@ where
 }
 
 fn main() {
-    let dev: <B as Backend>::Device = Default::default();
-    let seq: usize = std::env::var("BALORA_BENCH_SEQ").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
-    let steps_env = std::env::var("BALORA_BENCH_STEPS").ok().and_then(|s| s.parse::<u64>().ok());
-    let tiny = TinyLmConfig { vocab: 256, hidden: 128, mlp: 256, layers: 2 };
-    let lora = LoraConfig { r: 8, alpha: 16.0, ..Default::default() };
+    let dev: burn::tensor::Device<B> = Default::default();
+    let seq: usize = std::env::var("BALORA_BENCH_SEQ")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let steps_env = std::env::var("BALORA_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    let tiny = TinyLmConfig {
+        vocab: 256,
+        hidden: 128,
+        mlp: 256,
+        layers: 2,
+    };
+    let lora = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        ..Default::default()
+    };
     report(
         "tiny (2×128, r=8)",
         || {

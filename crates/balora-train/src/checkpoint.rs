@@ -90,7 +90,11 @@ pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Te
         out.push((
             s.path.clone(),
             TensorData::new(
-                s.value.to_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
+                s.value
+                    .to_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default(),
                 s.shape.clone(),
             ),
         ));
@@ -159,7 +163,11 @@ pub fn write_safetensors(
     let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, d)| {
-            let v: Vec<f32> = d.clone().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            let v: Vec<f32> = d
+                .clone()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
             let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             (k.clone(), bytes, d.shape.to_vec())
         })
@@ -175,11 +183,10 @@ pub fn write_safetensors(
                 })
         })
         .collect::<Result<_, _>>()?;
-    let bytes =
-        safetensors::serialize(views, metadata).map_err(|e| CheckpointError::Bad {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| CheckpointError::Bad {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let mut f = std::fs::File::create(path).map_err(io(path))?;
     f.write_all(&bytes).map_err(io(path))?;
     f.sync_all().map_err(io(path))
@@ -228,7 +235,10 @@ pub fn list_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let step = name.strip_prefix(PREFIX)?.parse::<u64>().ok()?;
-            e.path().join("state.json").exists().then(|| (step, e.path()))
+            e.path()
+                .join("state.json")
+                .exists()
+                .then(|| (step, e.path()))
         })
         .collect();
     v.sort();

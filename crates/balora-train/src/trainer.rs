@@ -21,12 +21,19 @@ use std::time::Instant;
 /// Device of backend `B`.
 pub type Device<B> = burn::tensor::Device<B>;
 
+/// The evaluation loss function of an [`Objective`] (inner backend, inner module).
+pub type ValidLossFn<B, M> = fn(
+    &<M as AutodiffModule<B>>::InnerModule,
+    &Batch,
+    &Device<<B as AutodiffBackend>::InnerBackend>,
+) -> BatchLoss<<B as AutodiffBackend>::InnerBackend>;
+
 /// How to compute a batch's loss, for training (autodiff) and evaluation (inner backend).
 pub struct Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// Training loss.
     pub train: fn(&M, &Batch, &Device<B>) -> BatchLoss<B>,
     /// Evaluation loss on the inner model (no graph, no dropout).
-    pub valid: fn(&M::InnerModule, &Batch, &Device<B::InnerBackend>) -> BatchLoss<B::InnerBackend>,
+    pub valid: ValidLossFn<B, M>,
     /// Whether evaluation reports accuracy.
     pub classification: bool,
 }
@@ -152,7 +159,11 @@ pub fn evaluate<B: AutodiffBackend, M: AutodiffModule<B>>(
         sum += out.sum.into_scalar().elem::<f64>();
         count += out.count;
         if let Some(pred) = out.predictions {
-            let p: Vec<i64> = pred.into_data().convert::<i64>().to_vec().unwrap_or_default();
+            let p: Vec<i64> = pred
+                .into_data()
+                .convert::<i64>()
+                .to_vec()
+                .unwrap_or_default();
             correct += p.iter().zip(&batch.labels).filter(|(a, b)| a == b).count();
             rows += batch.batch;
         }
@@ -195,7 +206,11 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     if parts.is_empty() {
         return 0.0;
     }
-    let norm = Tensor::cat(parts, 0).sum().into_scalar().elem::<f64>().sqrt();
+    let norm = Tensor::cat(parts, 0)
+        .sum()
+        .into_scalar()
+        .elem::<f64>()
+        .sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
         fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, s: f64) {
@@ -233,9 +248,7 @@ impl MetricsFile {
             Some(step) if path.exists() => std::fs::read_to_string(&path)
                 .map_err(|e| TrainError::Io(path.display().to_string(), e))?
                 .lines()
-                .filter(|l| {
-                    serde_json::from_str::<MetricRecord>(l).is_ok_and(|r| r.step <= step)
-                })
+                .filter(|l| serde_json::from_str::<MetricRecord>(l).is_ok_and(|r| r.step <= step))
                 .map(|l| format!("{l}\n"))
                 .collect(),
             _ => String::new(),
@@ -341,7 +354,14 @@ where
     let mut hook_s = 0.0;
     let mut last_lr = 0.0;
     let clock = Instant::now();
-    let save = |model: &M, stepper: &mut TrainStepper<B>, step: u64, loader: &Loader, tokens: u64, elapsed: f64, lr: f64| -> Result<(), TrainError> {
+    let save = |model: &M,
+                stepper: &mut TrainStepper<B>,
+                step: u64,
+                loader: &Loader,
+                tokens: u64,
+                elapsed: f64,
+                lr: f64|
+     -> Result<(), TrainError> {
         if let Some(root) = &ckpt_root {
             let ck = Checkpoint {
                 state: TrainerState {
@@ -410,7 +430,10 @@ where
         let micro: Vec<Batch> = (0..cfg.grad_accum)
             .map(|_| {
                 let idx = loader.next_indices();
-                Batch::collate(&idx.iter().map(|&i| &data.train[i]).collect::<Vec<_>>(), data.pad_id)
+                Batch::collate(
+                    &idx.iter().map(|&i| &data.train[i]).collect::<Vec<_>>(),
+                    data.pad_id,
+                )
             })
             .collect();
         let denom = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1) as f64;
@@ -474,7 +497,15 @@ where
             || last
             || Some(step) == opts.stop_after
         {
-            save(&model, stepper, step, &loader, tokens, elapsed0 + train_s, lr)?;
+            save(
+                &model,
+                stepper,
+                step,
+                &loader,
+                tokens,
+                elapsed0 + train_s,
+                lr,
+            )?;
         }
     }
     pb.finish_and_clear();

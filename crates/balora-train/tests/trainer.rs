@@ -42,13 +42,19 @@ fn model(seed: u64, dropout: f64) -> TinyLm<B> {
         dropout,
         ..Default::default()
     };
-    TinyLm::new(TinyLmConfig::default(), &lora, &["q_proj", "v_proj", "up_proj", "down_proj"], &dev)
+    TinyLm::new(
+        TinyLmConfig::default(),
+        &lora,
+        &["q_proj", "v_proj", "up_proj", "down_proj"],
+        &dev,
+    )
 }
 
 fn stepper(manifold: &str) -> TrainStepper<B> {
     let mut opt = Options::default();
     opt.0.insert("transport".into(), OptionValue::Bool(true));
-    opt.0.insert("weight_decay".into(), OptionValue::Float(0.01));
+    opt.0
+        .insert("weight_decay".into(), OptionValue::Float(0.01));
     TrainStepper::<B>::from_names("adamw", &opt, manifold, &Options::default()).unwrap()
 }
 
@@ -82,11 +88,26 @@ fn training_a_tiny_model_lowers_the_eval_loss() {
         let m = model(1, 0.0);
         let (before, _) = evaluate(&m, &obj, &data.valid, 0, 4, 0, &dev);
         let mut st = stepper(manifold);
-        let out = train(m, &mut st, &data, &cfg(30), &RunOptions::default(), &obj, &dev).unwrap();
+        let out = train(
+            m,
+            &mut st,
+            &data,
+            &cfg(30),
+            &RunOptions::default(),
+            &obj,
+            &dev,
+        )
+        .unwrap();
         let after = out.final_eval().unwrap().loss;
         // Random init: loss ≈ ln 64 = 4.16. A rank-4 adapter learns much of the map.
-        assert!((before - 64f64.ln()).abs() < 0.5, "{manifold}: initial loss {before}");
-        assert!(after < before - 0.5, "{manifold}: eval loss {before} -> {after}");
+        assert!(
+            (before - 64f64.ln()).abs() < 0.5,
+            "{manifold}: initial loss {before}"
+        );
+        assert!(
+            after < before - 0.5,
+            "{manifold}: eval loss {before} -> {after}"
+        );
         assert_eq!(out.history.iter().filter(|r| r.kind == "train").count(), 30);
         assert_eq!(out.history.iter().filter(|r| r.kind == "eval").count(), 7); // step 0, 5, …, 30
         assert_eq!(out.history[0].step, 0);
@@ -100,7 +121,9 @@ fn training_a_tiny_model_lowers_the_eval_loss() {
 fn masked_labels_contribute_no_loss() {
     let dev = Default::default();
     let (b, s, v) = (2usize, 5usize, 7usize);
-    let logits: Vec<f32> = (0..b * s * v).map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0).collect();
+    let logits: Vec<f32> = (0..b * s * v)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0)
+        .collect();
     let ex0 = Example::lm(vec![1, 2, 3, 4, 5], vec![false, false, false, true, true]);
     let ex1 = Example::lm(vec![6, 0, 2], vec![true, true, true]);
     let batch = Batch::collate(&[&ex0, &ex1], 0);
@@ -111,7 +134,9 @@ fn masked_labels_contribute_no_loss() {
     // Row 1 trains tokens 1 (=0) and 2 (=2), predicted from logits at 0 and 1; rest is padding.
     let pairs = [(0usize, 2usize, 4usize), (0, 3, 5), (1, 0, 0), (1, 1, 2)];
     let nll = |row: usize, pos: usize, target: usize| -> f64 {
-        let z: Vec<f64> = (0..v).map(|k| logits[(row * s + pos) * v + k] as f64).collect();
+        let z: Vec<f64> = (0..v)
+            .map(|k| logits[(row * s + pos) * v + k] as f64)
+            .collect();
         let m = z.iter().cloned().fold(f64::MIN, f64::max);
         let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
         lse - z[target]
@@ -133,7 +158,10 @@ fn masked_labels_contribute_no_loss() {
 }
 
 fn train_losses(out: &[balora_train::MetricRecord], kind: &str) -> Vec<(u64, f64)> {
-    out.iter().filter(|r| r.kind == kind).map(|r| (r.step, r.loss)).collect()
+    out.iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| (r.step, r.loss))
+        .collect()
 }
 
 /// An interrupted and resumed run reproduces the uninterrupted run's losses exactly (CPU),
@@ -151,33 +179,80 @@ fn resume_continues_exactly() {
         method: "balora".into(),
         stop_after: stop,
     };
-    let full = train(model(5, 0.1), &mut stepper("balanced"), &data, &cfg(steps), &opts(dir_a.path(), None), &obj, &dev).unwrap();
+    let full = train(
+        model(5, 0.1),
+        &mut stepper("balanced"),
+        &data,
+        &cfg(steps),
+        &opts(dir_a.path(), None),
+        &obj,
+        &dev,
+    )
+    .unwrap();
     // First process: stops after step 6 (checkpoint written).
-    let first = train(model(5, 0.1), &mut stepper("balanced"), &data, &cfg(steps), &opts(dir_b.path(), Some(6)), &obj, &dev).unwrap();
-    assert_eq!(first.history.iter().filter(|r| r.kind == "train").count(), 6);
+    let first = train(
+        model(5, 0.1),
+        &mut stepper("balanced"),
+        &data,
+        &cfg(steps),
+        &opts(dir_b.path(), Some(6)),
+        &obj,
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(
+        first.history.iter().filter(|r| r.kind == "train").count(),
+        6
+    );
     // Second process: a fresh model and optimizer, resumed from the checkpoint.
     let mut c = cfg(steps);
     c.resume = true;
-    let second = train(model(5, 0.1), &mut stepper("balanced"), &data, &c, &opts(dir_b.path(), None), &obj, &dev).unwrap();
+    let second = train(
+        model(5, 0.1),
+        &mut stepper("balanced"),
+        &data,
+        &c,
+        &opts(dir_b.path(), None),
+        &obj,
+        &dev,
+    )
+    .unwrap();
     assert_eq!(second.resumed_from, 6);
     let mut resumed = train_losses(&first.history, "train");
     resumed.extend(train_losses(&second.history, "train"));
-    assert_eq!(resumed, train_losses(&full.history, "train"), "train losses differ");
+    assert_eq!(
+        resumed,
+        train_losses(&full.history, "train"),
+        "train losses differ"
+    );
     let mut ev = train_losses(&first.history, "eval");
     ev.extend(train_losses(&second.history, "eval"));
     assert_eq!(ev, train_losses(&full.history, "eval"));
     // The metrics file of the resumed run equals the uninterrupted one's, step by step.
     let read = |d: &std::path::Path| -> Vec<(String, u64, f64)> {
-        std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().map(|l| {
-            let r: balora_train::MetricRecord = serde_json::from_str(l).unwrap();
-            (r.kind, r.step, r.loss)
-        }).collect()
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: balora_train::MetricRecord = serde_json::from_str(l).unwrap();
+                (r.kind, r.step, r.loss)
+            })
+            .collect()
     };
     assert_eq!(read(dir_a.path()), read(dir_b.path()));
     // Resuming with another method is refused.
     let mut other = opts(dir_b.path(), None);
     other.method = "lora".into();
-    let err = train(model(5, 0.1), &mut stepper("unconstrained"), &data, &c, &other, &obj, &dev).unwrap_err();
+    let err = train(
+        model(5, 0.1),
+        &mut stepper("unconstrained"),
+        &data,
+        &c,
+        &other,
+        &obj,
+        &dev,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("balora"), "{err}");
 }
 
@@ -187,7 +262,10 @@ fn failed_checkpoint_write_leaves_the_previous_one_loadable() {
     let ck = |step: u64, v: f32| Checkpoint {
         state: TrainerState {
             step,
-            loader: balora_data::LoaderState { epoch: 0, pos: step as usize },
+            loader: balora_data::LoaderState {
+                epoch: 0,
+                pos: step as usize,
+            },
             seed: 1,
             lr_peak: 1e-3,
             warmup: 0,
@@ -213,7 +291,18 @@ fn failed_checkpoint_write_leaves_the_previous_one_loadable() {
     for s in [4, 6, 8, 10] {
         ck(s, s as f32).save(root.path(), 3).unwrap();
     }
-    let steps: Vec<u64> = list_checkpoints(root.path()).iter().map(|(s, _)| *s).collect();
+    let steps: Vec<u64> = list_checkpoints(root.path())
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
     assert_eq!(steps, vec![6, 8, 10]);
-    assert_eq!(Checkpoint::latest(root.path()).unwrap().unwrap().state.loader.pos, 10);
+    assert_eq!(
+        Checkpoint::latest(root.path())
+            .unwrap()
+            .unwrap()
+            .state
+            .loader
+            .pos,
+        10
+    );
 }

@@ -15,6 +15,13 @@ use burn::tensor::{Tensor, TensorData};
 
 type B = Autodiff<NdArray>;
 
+/// ndarray's RNG (init, dropout) is process-global: tests that train run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sequences following `x_{t+1} = (3·x_t + 1) mod 64`: learnable from the previous token.
 fn dataset(n: usize, seq: usize) -> Dataset {
     let ex = |start: u32| {
@@ -81,6 +88,7 @@ fn cfg(steps: u64) -> TrainerSection {
 
 #[test]
 fn training_a_tiny_model_lowers_the_eval_loss() {
+    let _g = serial();
     let dev = Default::default();
     let data = dataset(32, 16);
     let obj = Objective::<B, TinyLm<B>>::causal();
@@ -168,6 +176,7 @@ fn train_losses(out: &[balora_train::MetricRecord], kind: &str) -> Vec<(u64, f64
 /// with dropout, gradient accumulation, clipping, BaLoRA and moment transport all active.
 #[test]
 fn resume_continues_exactly() {
+    let _g = serial();
     let dev = Default::default();
     let data = dataset(24, 12);
     let obj = Objective::<B, TinyLm<B>>::causal();

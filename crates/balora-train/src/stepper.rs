@@ -22,6 +22,15 @@ pub enum TrainError {
         /// Cause.
         source: ManifoldHookError,
     },
+    /// Bad data or an unusable run state.
+    #[error("{0}")]
+    Data(String),
+    /// File system.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// Checkpoint writing or loading.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// What one step did.
@@ -31,6 +40,10 @@ pub struct StepReport {
     pub step: u64,
     /// The manifold hook's report.
     pub hook: HookReport,
+    /// Seconds of the optimizer update (host clock; exact on synchronous backends).
+    pub optimizer_s: f64,
+    /// Seconds of the manifold hook and the moment transport (host clock).
+    pub hook_s: f64,
 }
 
 /// Optimizer + manifold: the data flow `grads → optimizer step → manifold hook → state transport`.
@@ -119,7 +132,9 @@ impl<B: AutodiffBackend> TrainStepper<B> {
         module: M,
         grads: GradientsParams,
     ) -> Result<(M, StepReport), TrainError> {
+        let t0 = std::time::Instant::now();
         let module = self.driver.step(lr, module, grads);
+        let t1 = std::time::Instant::now();
         self.step += 1;
         let (module, hook) =
             apply_manifold(module, self.manifold.as_ref(), self.step).map_err(|source| {
@@ -129,6 +144,8 @@ impl<B: AutodiffBackend> TrainStepper<B> {
                 }
             })?;
         self.driver.on_refactor(&hook.transforms);
+        let hook_s = t1.elapsed().as_secs_f64();
+        let optimizer_s = (t1 - t0).as_secs_f64();
         if hook.rank_deficient > 0 {
             tracing::debug!(
                 step = self.step,
@@ -141,6 +158,8 @@ impl<B: AutodiffBackend> TrainStepper<B> {
             StepReport {
                 step: self.step,
                 hook,
+                optimizer_s,
+                hook_s,
             },
         ))
     }

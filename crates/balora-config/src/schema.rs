@@ -1,0 +1,471 @@
+//! The schema: serde types with `deny_unknown_fields`.
+
+use crate::ConfigError;
+use balora_manifold::Options;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Top-level sections (the env provider only reads `BALORA_<SECTION>…`).
+pub const SECTIONS: &[&str] = &[
+    "backend",
+    "model",
+    "adapter",
+    "manifold",
+    "optimizer",
+    "data",
+    "trainer",
+    "output",
+];
+
+/// A whole fine-tuning job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// Compute backend.
+    pub backend: BackendName,
+    /// The base model.
+    pub model: ModelSection,
+    /// LoRA adapters.
+    pub adapter: AdapterSection,
+    /// The manifold applied after each optimizer step (`unconstrained` = plain LoRA).
+    pub manifold: PluginSection,
+    /// The optimizer.
+    pub optimizer: PluginSection,
+    /// Training data.
+    pub data: DataSection,
+    /// The training loop.
+    pub trainer: TrainerSection,
+    /// Where results go.
+    pub output: OutputSection,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendName::Ndarray,
+            model: ModelSection::default(),
+            adapter: AdapterSection::default(),
+            manifold: PluginSection {
+                name: "balanced".into(),
+                options: Options::default(),
+            },
+            optimizer: PluginSection {
+                name: "adamw".into(),
+                options: Options::default(),
+            },
+            data: DataSection::default(),
+            trainer: TrainerSection::default(),
+            output: OutputSection::default(),
+        }
+    }
+}
+
+/// A compute backend by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    /// CPU, pure Rust.
+    Ndarray,
+    /// wgpu.
+    Wgpu,
+    /// CUDA.
+    Cuda,
+    /// LibTorch.
+    Tch,
+}
+
+/// Model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    /// Llama-architecture causal LM (SmolLM2).
+    Llama,
+    /// BERT sequence classifier.
+    Bert,
+    /// A tiny random-weight causal LM (tests, benchmarks); needs no assets.
+    Tiny,
+}
+
+/// Weights' storage type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Family.
+    pub family: ModelFamily,
+    /// A pinned asset name (fetched on first use through balora-assets), e.g. `smollm2`.
+    pub asset: Option<String>,
+    /// A local model file or directory (overrides `asset`).
+    pub path: Option<PathBuf>,
+    /// A tokenizer file (`tokenizer.json`); default: the one shipped with the model.
+    pub tokenizer: Option<PathBuf>,
+    /// Weights' dtype.
+    pub dtype: Dtype,
+    /// Number of classes (classification families).
+    pub num_labels: Option<usize>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            family: ModelFamily::Llama,
+            asset: Some("smollm2".into()),
+            path: None,
+            tokenizer: None,
+            dtype: Dtype::F32,
+            num_labels: None,
+        }
+    }
+}
+
+/// How A is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitName {
+    /// PEFT's Kaiming-uniform.
+    Kaiming,
+    /// `N(0, init_std²)` (default std 1/r).
+    Gaussian,
+}
+
+/// `[adapter]` (PEFT's `LoraConfig` fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterSection {
+    /// Rank.
+    pub r: usize,
+    /// α.
+    pub alpha: f64,
+    /// rsLoRA scaling α/√r.
+    pub rslora: bool,
+    /// Adapter input dropout.
+    pub dropout: f64,
+    /// Target module names (suffixes), e.g. `["q_proj", "v_proj"]`.
+    pub targets: Vec<String>,
+    /// Module names to leave alone.
+    pub exclude: Vec<String>,
+    /// Only these layer indices (empty: all).
+    pub layers_to_transform: Vec<usize>,
+    /// Per-module rank overrides (name suffix → r).
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-module α overrides (name suffix → α).
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// Modules trained in full and saved with the adapter (e.g. a classifier head).
+    pub modules_to_save: Vec<String>,
+    /// Initialisation of A.
+    pub init: InitName,
+    /// Standard deviation for `gaussian` (default 1/r); a multiplier grid in `balora compare`.
+    pub init_std: Option<f64>,
+}
+
+impl Default for AdapterSection {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            rslora: false,
+            dropout: 0.0,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+            exclude: Vec::new(),
+            layers_to_transform: Vec::new(),
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            modules_to_save: Vec::new(),
+            init: InitName::Kaiming,
+            init_std: None,
+        }
+    }
+}
+
+/// `[manifold]` / `[optimizer]`: a registered plugin name plus its options (validated by the
+/// plugin, which rejects unknown keys and lists the allowed ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginSection {
+    /// Registered name (`balora plugins` lists them).
+    pub name: String,
+    /// The plugin's options.
+    #[serde(flatten)]
+    pub options: Options,
+}
+
+/// Data file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// By extension: `.jsonl` → `jsonl`, else `text`.
+    Auto,
+    /// Plain text, chunked into `seq_len` token windows.
+    Text,
+    /// JSONL: `{"text"}`, `{"prompt","completion"}` or `{"messages":[…]}` per line.
+    Jsonl,
+    /// JSONL `{"text","label"}` for classification.
+    Classification,
+}
+
+/// Chat template for `{"messages"}` / `{"prompt","completion"}` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatTemplateName {
+    /// `<|im_start|>role\ncontent<|im_end|>\n` (SmolLM2).
+    Chatml,
+    /// Prompt and completion concatenated as they are.
+    Plain,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// A bundled public-domain corpus fetched through balora-assets (`moby-dick`).
+    pub asset: Option<String>,
+    /// A local data file (overrides `asset`).
+    pub path: Option<PathBuf>,
+    /// A separate validation file (else `validation_fraction` of the training data).
+    pub validation_path: Option<PathBuf>,
+    /// Format.
+    pub format: DataFormat,
+    /// Tokens per sequence (text chunks; longer JSONL examples are truncated).
+    pub seq_len: usize,
+    /// Fraction of examples held out for validation.
+    pub validation_fraction: f64,
+    /// Use at most this many characters of a text corpus (0 = all).
+    pub max_chars: usize,
+    /// Use at most this many examples (0 = all).
+    pub max_examples: usize,
+    /// Chat template.
+    pub chat_template: ChatTemplateName,
+    /// Loss only on completion/assistant tokens.
+    pub mask_prompt: bool,
+    /// Largest tolerated fraction of malformed JSONL lines, skipped with a warning naming
+    /// file:line (0 = the first malformed line is an error; above the fraction the load fails).
+    pub max_bad_fraction: f64,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            asset: Some("moby-dick".into()),
+            path: None,
+            validation_path: None,
+            format: DataFormat::Auto,
+            seq_len: 32,
+            validation_fraction: 0.05,
+            max_chars: 200_000,
+            max_examples: 0,
+            chat_template: ChatTemplateName::Chatml,
+            mask_prompt: true,
+            max_bad_fraction: 0.0,
+        }
+    }
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleName {
+    /// `lr` throughout (after warmup).
+    Constant,
+    /// Linear decay to 0 (after warmup).
+    Linear,
+    /// Linear warmup, then cosine decay to `min_lr_ratio·lr`.
+    Cosine,
+}
+
+/// `[trainer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerSection {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Schedule.
+    pub schedule: ScheduleName,
+    /// Warmup steps.
+    pub warmup_steps: u64,
+    /// Final lr as a fraction of `lr` (cosine).
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub max_grad_norm: f64,
+    /// Evaluate every N steps (and at the end; 0 = only at the end).
+    pub eval_every: u64,
+    /// Validation batches per evaluation (0 = the whole validation set).
+    pub eval_batches: usize,
+    /// Seed for initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Devices (`cpu`, `cuda:0`, …); more than one = data parallel.
+    pub devices: Vec<String>,
+    /// Write a checkpoint every N steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Keep the last N checkpoints.
+    pub keep_checkpoints: usize,
+    /// Resume from the newest checkpoint in the output dir, if any.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for TrainerSection {
+    fn default() -> Self {
+        Self {
+            steps: 36,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 3e-3,
+            schedule: ScheduleName::Cosine,
+            warmup_steps: 3,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+            eval_every: 12,
+            eval_batches: 2,
+            seed: 0,
+            devices: vec!["cpu".into()],
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            resume: false,
+            progress: true,
+        }
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// Run directory (metrics, checkpoints, adapter, plots).
+    pub dir: PathBuf,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("runs/train"),
+        }
+    }
+}
+
+fn bad(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl JobConfig {
+    /// Range checks the schema cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.adapter;
+        if a.r == 0 {
+            return Err(bad("adapter.r", "must be ≥ 1"));
+        }
+        if !(a.alpha.is_finite() && a.alpha > 0.0) {
+            return Err(bad(
+                "adapter.alpha",
+                format!("must be > 0, got {}", a.alpha),
+            ));
+        }
+        if !(0.0..1.0).contains(&a.dropout) {
+            return Err(bad(
+                "adapter.dropout",
+                format!("must be in [0, 1), got {}", a.dropout),
+            ));
+        }
+        if a.targets.is_empty() {
+            return Err(bad("adapter.targets", "list at least one module name"));
+        }
+        if let Some(s) = a.init_std {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(bad("adapter.init_std", format!("must be > 0, got {s}")));
+            }
+        }
+        let d = &self.data;
+        if d.seq_len < 2 {
+            return Err(bad("data.seq_len", "must be ≥ 2"));
+        }
+        if !(0.0..1.0).contains(&d.validation_fraction) {
+            return Err(bad(
+                "data.validation_fraction",
+                format!("must be in [0, 1), got {}", d.validation_fraction),
+            ));
+        }
+        if !(0.0..=1.0).contains(&d.max_bad_fraction) {
+            return Err(bad("data.max_bad_fraction", "must be in [0, 1]"));
+        }
+        if d.asset.is_none() && d.path.is_none() {
+            return Err(bad("data.path", "set `data.path` or `data.asset`"));
+        }
+        let t = &self.trainer;
+        if t.steps == 0 {
+            return Err(bad("trainer.steps", "must be ≥ 1"));
+        }
+        if t.batch_size == 0 || t.grad_accum == 0 {
+            return Err(bad(
+                "trainer.batch_size",
+                "batch_size and grad_accum must be ≥ 1",
+            ));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(bad("trainer.lr", format!("must be > 0, got {}", t.lr)));
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(bad("trainer.min_lr_ratio", "must be in [0, 1]"));
+        }
+        if t.max_grad_norm < 0.0 {
+            return Err(bad("trainer.max_grad_norm", "must be ≥ 0 (0 = off)"));
+        }
+        if t.devices.is_empty() {
+            return Err(bad(
+                "trainer.devices",
+                "list at least one device, e.g. [\"cpu\"]",
+            ));
+        }
+        for dev in &t.devices {
+            parse_device(dev).map_err(|m| bad("trainer.devices", m))?;
+        }
+        if t.keep_checkpoints == 0 {
+            return Err(bad("trainer.keep_checkpoints", "must be ≥ 1"));
+        }
+        if self.model.family == ModelFamily::Bert && self.data.format != DataFormat::Classification
+        {
+            return Err(bad(
+                "data.format",
+                "the bert family trains a classifier: set data.format = \"classification\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A device name: `cpu`, `cpu:N`, `cuda:N`, `wgpu:N`.
+pub fn parse_device(s: &str) -> Result<(String, usize), String> {
+    let (kind, idx) = match s.split_once(':') {
+        Some((k, i)) => (
+            k,
+            i.parse::<usize>()
+                .map_err(|_| format!("device `{s}`: index `{i}` is not a number"))?,
+        ),
+        None => (s, 0),
+    };
+    match kind {
+        "cpu" | "cuda" | "wgpu" => Ok((kind.to_string(), idx)),
+        _ => Err(format!(
+            "unknown device `{s}`; allowed: cpu, cpu:N, cuda:N, wgpu:N"
+        )),
+    }
+}

@@ -1,0 +1,527 @@
+//! The fine-tuning loop: micro-batches → accumulated gradients → clipping → [`TrainStepper`]
+//! (optimizer step, then the manifold hook) → metrics, evaluation, checkpoints.
+
+use crate::checkpoint::{load_trainable_params, trainable_params, Checkpoint, TrainerState};
+use crate::loss::BatchLoss;
+use crate::schedule::LrSchedule;
+use crate::{TrainError, TrainStepper};
+use balora_adapter::collect_params;
+use balora_config::TrainerSection;
+use balora_data::{Batch, Dataset, Example, Loader};
+use balora_models::{CausalLm, SequenceClassifier};
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Device of backend `B`.
+pub type Device<B> = burn::tensor::Device<B>;
+
+/// The evaluation loss function of an [`Objective`] (inner backend, inner module).
+pub type ValidLossFn<B, M> = fn(
+    &<M as AutodiffModule<B>>::InnerModule,
+    &Batch,
+    &Device<<B as AutodiffBackend>::InnerBackend>,
+) -> BatchLoss<<B as AutodiffBackend>::InnerBackend>;
+
+/// How to compute a batch's loss, for training (autodiff) and evaluation (inner backend).
+pub struct Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
+    /// Training loss.
+    pub train: fn(&M, &Batch, &Device<B>) -> BatchLoss<B>,
+    /// Evaluation loss on the inner model (no graph, no dropout).
+    pub valid: ValidLossFn<B, M>,
+    /// Whether evaluation reports accuracy.
+    pub classification: bool,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B> + CausalLm<B>> Objective<B, M>
+where
+    M::InnerModule: CausalLm<B::InnerBackend>,
+{
+    /// Next-token cross-entropy on unmasked labels.
+    pub fn causal() -> Self {
+        Self {
+            train: crate::loss::causal_lm_loss::<B, M>,
+            valid: crate::loss::causal_lm_loss::<B::InnerBackend, M::InnerModule>,
+            classification: false,
+        }
+    }
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B> + SequenceClassifier<B>> Objective<B, M>
+where
+    M::InnerModule: SequenceClassifier<B::InnerBackend>,
+{
+    /// Cross-entropy over classes; evaluation adds accuracy.
+    pub fn classifier() -> Self {
+        Self {
+            train: crate::loss::classification_loss::<B, M>,
+            valid: crate::loss::classification_loss::<B::InnerBackend, M::InnerModule>,
+            classification: true,
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRecord {
+    /// `train` or `eval`.
+    pub kind: String,
+    /// Optimizer step.
+    pub step: u64,
+    /// Mean loss (per token, or per row for classification).
+    pub loss: f64,
+    /// Learning rate (train).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// exp(loss) (eval, causal LM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// Accuracy (eval, classification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Global gradient norm before clipping (train).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Seconds of this step (train).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_s: Option<f64>,
+    /// Seconds of the manifold hook in this step (train).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_s: Option<f64>,
+    /// Tokens trained on so far.
+    pub tokens: u64,
+    /// Training seconds so far (evaluation excluded).
+    pub elapsed_s: f64,
+}
+
+/// Options of one [`train`] call besides the config section.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run directory: `metrics.jsonl` and `checkpoints/` go here (none: nothing is written).
+    pub out_dir: Option<PathBuf>,
+    /// Method label stored in checkpoints (resume refuses another method).
+    pub method: String,
+    /// Stop (with a checkpoint) after this step although the schedule runs to `steps`
+    /// (an interruption; used by tests and time budgets).
+    pub stop_after: Option<u64>,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct TrainOutcome<M> {
+    /// The trained model.
+    pub model: M,
+    /// All metric records of this process (train and eval), in order.
+    pub history: Vec<MetricRecord>,
+    /// Step the run started from (0, or the resumed checkpoint's step).
+    pub resumed_from: u64,
+    /// Training seconds (evaluation excluded).
+    pub train_s: f64,
+    /// Seconds spent in the manifold hook.
+    pub hook_s: f64,
+    /// Tokens trained on.
+    pub tokens: u64,
+}
+
+impl<M> TrainOutcome<M> {
+    /// The last evaluation record.
+    pub fn final_eval(&self) -> Option<&MetricRecord> {
+        self.history.iter().rev().find(|r| r.kind == "eval")
+    }
+}
+
+/// The mean evaluation loss (and accuracy) of `model` on `examples`.
+pub fn evaluate<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    objective: &Objective<B, M>,
+    examples: &[Example],
+    pad_id: u32,
+    batch_size: usize,
+    max_batches: usize,
+    device: &Device<B>,
+) -> (f64, Option<f64>) {
+    let inner = model.valid();
+    let mut sum = 0.0;
+    let mut count = 0usize;
+    let mut correct = 0usize;
+    let mut rows = 0usize;
+    for (i, chunk) in examples.chunks(batch_size.max(1)).enumerate() {
+        if max_batches > 0 && i >= max_batches {
+            break;
+        }
+        let batch = Batch::collate(&chunk.iter().collect::<Vec<_>>(), pad_id);
+        let out = (objective.valid)(&inner, &batch, device);
+        sum += out.sum.into_scalar().elem::<f64>();
+        count += out.count;
+        if let Some(pred) = out.predictions {
+            let p: Vec<i64> = pred
+                .into_data()
+                .convert::<i64>()
+                .to_vec()
+                .unwrap_or_default();
+            correct += p.iter().zip(&batch.labels).filter(|(a, b)| a == b).count();
+            rows += batch.batch;
+        }
+    }
+    let acc = (objective.classification && rows > 0).then(|| correct as f64 / rows as f64);
+    (sum / count.max(1) as f64, acc)
+}
+
+use burn::tensor::ElementConversion;
+
+/// The global L2 norm of the gradients of `model`'s trainable parameters; if `max_norm > 0`
+/// and the norm exceeds it, all gradients are scaled by `max_norm / norm`.
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    let table = collect_params(model);
+    let mut ids: Vec<(ParamId, usize)> = Vec::new();
+    for p in &table.pairs {
+        ids.push((p.a_id, 2));
+        ids.push((p.b_id, 2));
+    }
+    for s in table.singles.iter().filter(|s| s.trainable) {
+        ids.push((s.id, s.shape.len()));
+    }
+    fn sq<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
+        g.get::<B, D>(id).map(|t| t.powi_scalar(2).sum())
+    }
+    let parts: Vec<Tensor<B::InnerBackend, 1>> = ids
+        .iter()
+        .filter_map(|&(id, d)| match d {
+            1 => sq::<B::InnerBackend, 1>(grads, id),
+            2 => sq::<B::InnerBackend, 2>(grads, id),
+            3 => sq::<B::InnerBackend, 3>(grads, id),
+            4 => sq::<B::InnerBackend, 4>(grads, id),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        return 0.0;
+    }
+    let norm = Tensor::cat(parts, 0)
+        .sum()
+        .into_scalar()
+        .elem::<f64>()
+        .sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, s: f64) {
+            if let Some(t) = g.remove::<B, D>(id) {
+                g.register(id, t.mul_scalar(s));
+            }
+        }
+        for &(id, d) in &ids {
+            match d {
+                1 => scale::<B::InnerBackend, 1>(grads, id, s),
+                2 => scale::<B::InnerBackend, 2>(grads, id, s),
+                3 => scale::<B::InnerBackend, 3>(grads, id, s),
+                4 => scale::<B::InnerBackend, 4>(grads, id, s),
+                _ => {}
+            }
+        }
+    }
+    norm
+}
+
+/// Appends records to `metrics.jsonl`.
+struct MetricsFile {
+    file: Option<std::fs::File>,
+}
+
+impl MetricsFile {
+    fn open(out: Option<&Path>, keep_up_to: Option<u64>) -> Result<Self, TrainError> {
+        let Some(dir) = out else {
+            return Ok(Self { file: None });
+        };
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::Io(dir.display().to_string(), e))?;
+        let path = dir.join("metrics.jsonl");
+        // On resume, drop records past the checkpoint (they will be produced again).
+        let kept: String = match keep_up_to {
+            Some(step) if path.exists() => std::fs::read_to_string(&path)
+                .map_err(|e| TrainError::Io(path.display().to_string(), e))?
+                .lines()
+                .filter(|l| serde_json::from_str::<MetricRecord>(l).is_ok_and(|r| r.step <= step))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        crate::report::write_atomic(&path, kept.as_bytes())
+            .map_err(|e| TrainError::Io(path.display().to_string(), e))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::Io(path.display().to_string(), e))?;
+        Ok(Self { file: Some(file) })
+    }
+
+    fn write(&mut self, r: &MetricRecord) {
+        if let Some(f) = &mut self.file {
+            if let Ok(line) = serde_json::to_string(r) {
+                if let Err(e) = writeln!(f, "{line}") {
+                    tracing::warn!("cannot append to metrics.jsonl: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn progress_bar(total: u64, start: u64, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < ETA {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(start);
+    pb
+}
+
+/// Trains `model` with `stepper` on `data` per `cfg`: gradient accumulation, global-norm
+/// clipping, the lr schedule, evaluation every `eval_every` steps and at the end, metrics,
+/// checkpoints every `checkpoint_every` steps and at the end, and resume from the newest
+/// checkpoint when `cfg.resume` (continuing exactly: same data order, dropout seeds,
+/// optimizer state and schedule).
+pub fn train<B, M>(
+    mut model: M,
+    stepper: &mut TrainStepper<B>,
+    data: &Dataset,
+    cfg: &TrainerSection,
+    opts: &RunOptions,
+    objective: &Objective<B, M>,
+    device: &Device<B>,
+) -> Result<TrainOutcome<M>, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    if data.train.is_empty() {
+        return Err(TrainError::Data("the training set is empty".into()));
+    }
+    let schedule = LrSchedule {
+        kind: cfg.schedule,
+        peak: cfg.lr,
+        warmup: cfg.warmup_steps,
+        total: cfg.steps,
+        min_ratio: cfg.min_lr_ratio,
+    };
+    let mut loader = Loader::new(data.train.len(), cfg.batch_size, cfg.seed);
+    let ckpt_root = opts.out_dir.as_ref().map(|d| d.join("checkpoints"));
+    let mut start = 0u64;
+    let mut tokens = 0u64;
+    let mut elapsed0 = 0.0;
+    if cfg.resume {
+        if let Some(root) = &ckpt_root {
+            if let Some(ck) = Checkpoint::latest(root)? {
+                if ck.state.method != opts.method {
+                    return Err(TrainError::Data(format!(
+                        "cannot resume: the checkpoint in {} was written by method `{}`, this run is `{}`",
+                        root.display(),
+                        ck.state.method,
+                        opts.method
+                    )));
+                }
+                model = load_trainable_params(model, &ck.params, root)?;
+                stepper
+                    .driver_mut()
+                    .inner
+                    .load_state(ck.optimizer, device)?;
+                stepper.set_steps(ck.state.step);
+                loader.restore(ck.state.loader);
+                start = ck.state.step;
+                tokens = ck.state.tokens;
+                elapsed0 = ck.state.elapsed_s;
+                tracing::info!(step = start, "resumed from {}", root.display());
+            }
+        }
+    }
+    let mut metrics = MetricsFile::open(opts.out_dir.as_deref(), cfg.resume.then_some(start))?;
+    let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    let pb = progress_bar(cfg.steps, start, cfg.progress);
+    let mut history = Vec::new();
+    let mut train_s = 0.0;
+    let mut hook_s = 0.0;
+    let mut last_lr = 0.0;
+    let clock = Instant::now();
+    let save = |model: &M,
+                stepper: &mut TrainStepper<B>,
+                step: u64,
+                loader: &Loader,
+                tokens: u64,
+                elapsed: f64,
+                lr: f64|
+     -> Result<(), TrainError> {
+        if let Some(root) = &ckpt_root {
+            let ck = Checkpoint {
+                state: TrainerState {
+                    step,
+                    loader: loader.state(),
+                    seed: cfg.seed,
+                    lr_peak: cfg.lr,
+                    warmup: cfg.warmup_steps,
+                    total_steps: cfg.steps,
+                    last_lr: lr,
+                    tokens,
+                    elapsed_s: elapsed,
+                    method: opts.method.clone(),
+                },
+                params: trainable_params(model),
+                optimizer: stepper.driver_mut().inner.state(),
+            };
+            let dir = ck.save(root, cfg.keep_checkpoints)?;
+            tracing::debug!("checkpoint {}", dir.display());
+        }
+        Ok(())
+    };
+    let eval_now = |model: &M, step: u64, tokens: u64, elapsed: f64| -> Option<MetricRecord> {
+        if data.valid.is_empty() {
+            return None;
+        }
+        let (loss, acc) = evaluate(
+            model,
+            objective,
+            &data.valid,
+            data.pad_id,
+            cfg.batch_size,
+            cfg.eval_batches,
+            device,
+        );
+        pb.suspend(|| match acc {
+            Some(a) => tracing::info!(step, "eval loss {loss:.4}  accuracy {a:.3}"),
+            None => tracing::info!(step, "eval loss {loss:.4}  perplexity {:.2}", loss.exp()),
+        });
+        Some(MetricRecord {
+            kind: "eval".into(),
+            step,
+            loss,
+            lr: None,
+            perplexity: (!objective.classification).then(|| loss.exp()),
+            accuracy: acc,
+            grad_norm: None,
+            step_s: None,
+            hook_s: None,
+            tokens,
+            elapsed_s: elapsed,
+        })
+    };
+    if start == 0 && cfg.eval_every > 0 {
+        if let Some(rec) = eval_now(&model, 0, 0, 0.0) {
+            metrics.write(&rec);
+            history.push(rec);
+        }
+    }
+    for step in start + 1..=end {
+        let t0 = Instant::now();
+        // Dropout masks depend only on (seed, step): resumable without saving backend RNG state.
+        B::seed(device, cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step);
+        let lr = schedule.lr(step);
+        last_lr = lr;
+        let micro: Vec<Batch> = (0..cfg.grad_accum)
+            .map(|_| {
+                let idx = loader.next_indices();
+                Batch::collate(
+                    &idx.iter().map(|&i| &data.train[i]).collect::<Vec<_>>(),
+                    data.pad_id,
+                )
+            })
+            .collect();
+        let denom = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1) as f64;
+        let mut loss_sum = 0.0;
+        let mut grads = if micro.len() == 1 {
+            let out = (objective.train)(&model, &micro[0], device);
+            let loss = out.sum.div_scalar(denom);
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            GradientsParams::from_grads(loss.backward(), &model)
+        } else {
+            let mut acc = GradientsAccumulator::<M>::new();
+            for mb in &micro {
+                let out = (objective.train)(&model, mb, device);
+                let loss = out.sum.div_scalar(denom);
+                loss_sum += loss.clone().into_scalar().elem::<f64>();
+                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            }
+            acc.grads()
+        };
+        if !loss_sum.is_finite() {
+            return Err(TrainError::Data(format!(
+                "non-finite training loss at step {step} (lr {lr:.3e}); lower trainer.lr"
+            )));
+        }
+        let grad_norm = clip_grad_norm(&model, &mut grads, cfg.max_grad_norm);
+        let (m, report) = stepper.step(lr, model, grads)?;
+        model = m;
+        let step_s = t0.elapsed().as_secs_f64();
+        train_s += step_s;
+        hook_s += report.hook_s;
+        let step_tokens: usize = micro.iter().map(Batch::real_tokens).sum();
+        tokens += step_tokens as u64;
+        let rec = MetricRecord {
+            kind: "train".into(),
+            step,
+            loss: loss_sum,
+            lr: Some(lr),
+            perplexity: None,
+            accuracy: None,
+            grad_norm: Some(grad_norm),
+            step_s: Some(step_s),
+            hook_s: Some(report.hook_s),
+            tokens,
+            elapsed_s: elapsed0 + train_s,
+        };
+        metrics.write(&rec);
+        history.push(rec);
+        pb.set_position(step);
+        pb.set_message(format!(
+            "loss {loss_sum:.4}  lr {lr:.2e}  {:.0} tok/s",
+            tokens as f64 / (elapsed0 + train_s).max(1e-9)
+        ));
+        let last = step == cfg.steps;
+        if (cfg.eval_every > 0 && step % cfg.eval_every == 0) || last {
+            if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s) {
+                metrics.write(&rec);
+                history.push(rec);
+            }
+        }
+        if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
+            || last
+            || Some(step) == opts.stop_after
+        {
+            save(
+                &model,
+                stepper,
+                step,
+                &loader,
+                tokens,
+                elapsed0 + train_s,
+                lr,
+            )?;
+        }
+    }
+    pb.finish_and_clear();
+    tracing::debug!(
+        wall = clock.elapsed().as_secs_f64(),
+        train_s,
+        hook_s,
+        last_lr,
+        "training finished"
+    );
+    Ok(TrainOutcome {
+        model,
+        history,
+        resumed_from: start,
+        train_s,
+        hook_s,
+        tokens,
+    })
+}

@@ -204,7 +204,15 @@ fn adapter_fwd_bwd<B: AutodiffBackend>(ctx: &Ctx<B>) -> Result<String, String> {
     let mut gen = Gen::new(11);
     // (batch, in, out, r, bias, scale, label); scales are exact in f32.
     let shapes = [
-        (6usize, 8usize, 6usize, 3usize, true, 2.0, "8→6 r=3, 3-D input"),
+        (
+            6usize,
+            8usize,
+            6usize,
+            3usize,
+            true,
+            2.0,
+            "8→6 r=3, 3-D input",
+        ),
         (4, 7, 5, 1, false, 1.5, "7→5 r=1"),
         (3, 32, 4, 2, true, 0.5, "wide 32→4 r=2"),
         (3, 4, 32, 2, false, 4.0, "tall 4→32 r=2"),
@@ -212,7 +220,8 @@ fn adapter_fwd_bwd<B: AutodiffBackend>(ctx: &Ctx<B>) -> Result<String, String> {
     let mut worst = 0.0f64;
     for (i, &(n, din, dout, rank, has_bias, s, label)) in shapes.iter().enumerate() {
         let w = gen.normal(din, dout, 1.0 / (din as f64).sqrt());
-        let bias: Option<Vec<f64>> = has_bias.then(|| gen.normal(1, dout, 0.5).iter().copied().collect());
+        let bias: Option<Vec<f64>> =
+            has_bias.then(|| gen.normal(1, dout, 0.5).iter().copied().collect());
         let a = gen.normal(rank, din, 1.0);
         let b = gen.normal(dout, rank, 1.0);
         let x = gen.normal(n, din, 1.0);
@@ -240,7 +249,9 @@ fn adapter_fwd_bwd<B: AutodiffBackend>(ctx: &Ctx<B>) -> Result<String, String> {
             .grad(&grads)
             .ok_or(format!("{label}: no gradient for lora_b"))?;
         if layer.base.weight.val().grad(&grads).is_some() {
-            return Err(format!("{label}: the frozen base weight received a gradient"));
+            return Err(format!(
+                "{label}: the frozen base weight received a gradient"
+            ));
         }
         let (y_ref, y_scale) = r::lora_forward(&x, &w, bias.as_deref(), &a, &b, s);
         let ((ga_ref, ga_scale), (gb_ref, gb_scale)) = r::lora_grads(&x, &a, &b, &g, s);
@@ -266,9 +277,7 @@ fn adapter_fwd_bwd<B: AutodiffBackend>(ctx: &Ctx<B>) -> Result<String, String> {
             p.matmul_bound(din + n + 3, 2),
         )?);
     }
-    Ok(format!(
-        "4 shapes; worst error {worst:.3} of its bound"
-    ))
+    Ok(format!("4 shapes; worst error {worst:.3} of its bound"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,13 +338,21 @@ where
     let mut b = gen.normal(dout, rank, 1.0);
     let mut v: Vec<f64> = gen.normal(1, nv, 1.0).iter().copied().collect();
     let (mut a_t, mut b_t, mut v_t) = (dev::<I<B>>(&a, d), dev::<I<B>>(&b, d), dev1::<I<B>>(&v, d));
-    let (mut sa, mut sb, mut sv) = (OptState::default(), OptState::default(), OptState::default());
+    let (mut sa, mut sb, mut sv) = (
+        OptState::default(),
+        OptState::default(),
+        OptState::default(),
+    );
     let lr = 0.05;
     let mut worst = 0.0f64;
     for step in 1..=3usize {
         let ga = gen.away_from_zero(rank, din, 0.1, 1.0);
         let gb = gen.away_from_zero(dout, rank, 0.1, 1.0);
-        let gv: Vec<f64> = gen.away_from_zero(1, nv, 0.1, 1.0).iter().copied().collect();
+        let gv: Vec<f64> = gen
+            .away_from_zero(1, nv, 0.1, 1.0)
+            .iter()
+            .copied()
+            .collect();
         let grams = opt
             .wants_grams()
             .then(|| balora_manifold::PairGrams::from_factors(&a, &b))
@@ -404,11 +421,19 @@ fn unbalanced_pair(gen: &mut Gen, din: usize, dout: usize, sigma: &[f64]) -> (M,
     let q1 = gen.orthonormal(k, k);
     let q2 = gen.orthonormal(k, k);
     let diag: Vec<f64> = (0..k)
-        .map(|i| if k == 1 { 2.5 } else { 0.6 + 1.2 * i as f64 / (k - 1) as f64 })
+        .map(|i| {
+            if k == 1 {
+                2.5
+            } else {
+                0.6 + 1.2 * i as f64 / (k - 1) as f64
+            }
+        })
         .collect();
     let g = &q1 * M::from_diagonal(&nalgebra::DVector::from_vec(diag.clone())) * &q2;
     let g_inv = q2.transpose()
-        * M::from_diagonal(&nalgebra::DVector::from_vec(diag.iter().map(|x| 1.0 / x).collect()))
+        * M::from_diagonal(&nalgebra::DVector::from_vec(
+            diag.iter().map(|x| 1.0 / x).collect(),
+        ))
         * q1.transpose();
     let sq = M::from_diagonal(&nalgebra::DVector::from_iterator(
         k,
@@ -540,22 +565,26 @@ fn projection<B: AutodiffBackend>(ctx: &Ctx<B>, gauge: &str) -> Result<String, S
 // train_20_steps
 
 /// 20 steps of the synthetic problem (20×20 layer, rank 4, the real `run_once` with its
-/// `TrainStepper`) for three (manifold, optimizer) pairs, against an f64 run of the same math and
-/// against the ndarray run.
+/// `TrainStepper`) for three (manifold, optimizer) pairs — LoRA + sign descent (the paper's
+/// optimizer), BaLoRA-closest + AdamW, BaLoRA-canonical + plain gradient descent — against an
+/// f64 run of the same math and against the ndarray run.
 ///
-/// Tolerance: `|L_k − L_k^ref| ≤ 200·(depth·u + 2u_in)·L_0` with depth = 20 (the layer size):
-/// each step's gradients carry relative error ≈ depth·u, and the runs stay in a contracting
-/// regime (the losses fall monotonically), so errors accumulate roughly additively over the 20
-/// steps and the balanced projections (×κ² ≈ 10); 200 leaves a margin of about 5 on ndarray.
-/// For the sign-like optimizers (sign descent; Adam, whose update is ±1 at its first step) the
-/// problem is chosen so the f64 run's gradient entries stay ≥ 1e-3 of the largest: an entry near
-/// 0 would make the trajectory depend on rounding. SGD is smooth and needs no such margin. Canonical is paired with the stateless sign descent because
-/// its SVD signs are arbitrary and Adam's moments would carry them.
+/// Well-posedness: the canonical gauge is only defined up to the signs (and, at close singular
+/// values, rotations) of the SVD, so it is paired with plain gradient descent, which commutes with
+/// orthogonal gauge changes (the loss trajectory does not depend on that choice); sign descent and
+/// Adam are element-wise and would follow whatever basis rounding picks. Sign descent and Adam (±1
+/// at its first step) are sign-like: the problem (seed 48) is chosen so that in the f64 run every
+/// nonzero gradient entry stays ≥ 1e-4 of the largest, about 40× the relative rounding error of a
+/// depth-20 f32 gradient, so no entry can change sign through rounding.
+///
+/// Tolerance: `|L_k − L_k^ref| ≤ 100·matmul_bound(20)·L₀` (≈ 2.4e-4·L₀ in f32): each step's
+/// gradients carry relative error ≈ 20u, the losses fall monotonically (no error amplification
+/// beyond the projections' κ² ≈ 10), so 20 steps accumulate ≲ 20·10·20u ≈ 2.4e-4.
 fn train_20_steps<B: AutodiffBackend>(ctx: &Ctx<B>) -> Result<String, String>
 where
     B::InnerBackend: RegistryBackend,
 {
-    let mut gen = Gen::new(41);
+    let mut gen = Gen::new(48);
     let (dim, rank, steps) = (20usize, 4usize, 20usize);
     let problem = Problem {
         w0: gen.normal(dim, dim, 1.0),
@@ -564,15 +593,18 @@ where
         optimal_loss: 0.0,
     };
     let runs: [(&str, &str, &str, f64); 3] = [
-        ("unconstrained", "", "sgd", 0.004),
+        ("unconstrained", "", "sign", 0.05),
         ("balanced", "closest", "adamw", 0.05),
-        ("balanced", "canonical", "sign", 0.05),
+        ("balanced", "canonical", "sgd", 0.01),
     ];
     let tol = 100.0 * ctx.precision.matmul_bound(dim, 1);
     let mut worst = 0.0f64;
     let mut drops = Vec::new();
     for (manifold, gauge, opt_name, lr) in runs {
-        let label = format!("{manifold}{}{gauge} + {opt_name}", if gauge.is_empty() { "" } else { ":" });
+        let label = format!(
+            "{manifold}{}{gauge} + {opt_name}",
+            if gauge.is_empty() { "" } else { ":" }
+        );
         let method = MethodSpec {
             label: label.clone(),
             manifold: manifold.into(),
@@ -592,10 +624,7 @@ where
                     wd: 0.0,
                 },
             ),
-            "sgd" => (
-                Options::default().with("momentum", OptionValue::Float(0.9)),
-                OptRef::Sgd { mu: 0.9, wd: 0.0 },
-            ),
+            "sgd" => (Options::default(), OptRef::Sgd { mu: 0.0, wd: 0.0 }),
             _ => (Options::default(), OptRef::Sign { eps: 1e-8 }),
         };
         let optimizer = OptimizerSpec {
@@ -617,7 +646,7 @@ where
             lr,
             steps,
         );
-        if opt_name != "sgd" && min_grad < 1e-3 {
+        if opt_name != "sgd" && min_grad < 1e-4 {
             return Err(format!(
                 "{label}: the reference run has a gradient entry at {min_grad:.1e} of the largest \
                  (sign-ambiguous); pick another seed for this check"
@@ -635,7 +664,11 @@ where
         )
         .map_err(|e| format!("{label} (ndarray): {e}"))?;
         if got.len() != steps + 1 {
-            return Err(format!("{label}: {} losses, expected {}", got.len(), steps + 1));
+            return Err(format!(
+                "{label}: {} losses, expected {}",
+                got.len(),
+                steps + 1
+            ));
         }
         let l0 = ref_losses[0];
         for (k, ((g, rf), nd)) in got.iter().zip(&ref_losses).zip(&on_ndarray).enumerate() {
@@ -801,7 +834,13 @@ fn save_load<B: AutodiffBackend>(ctx: &Ctx<B>) -> Result<String, String> {
         let y_here = host(here.forward(dev::<I<B>>(&x, d)));
         let y_nd = host(on_nd.forward(dev::<NdArray>(&x, &nd)));
         let mut worst = within("loaded on ndarray: forward", &y_nd, &y_ref, &y_scale, bound)?;
-        worst = worst.max(within("saved model: forward", &y_here, &y_ref, &y_scale, bound)?);
+        worst = worst.max(within(
+            "saved model: forward",
+            &y_here,
+            &y_ref,
+            &y_scale,
+            bound,
+        )?);
         // ndarray → here.
         let path = dir.join("from-ndarray");
         on_nd

@@ -25,7 +25,10 @@ fn optimizers() {
         .into_iter()
         .filter(|n| n.starts_with("optimizer:"))
         .collect();
-    assert!(names.len() >= 3, "expected the built-in optimizers, got {names:?}");
+    assert!(
+        names.len() >= 3,
+        "expected the built-in optimizers, got {names:?}"
+    );
     for n in names {
         check(&n);
     }

@@ -290,7 +290,9 @@ impl Xtask {
         };
         let probe = "import torch, os; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), 'lib'))";
         let Some(out) = capture(&python, &["-c", probe]) else {
-            return Err("libtorch not found (no PyTorch importable): run `cargo xtask setup tch`".into());
+            return Err(
+                "libtorch not found (no PyTorch importable): run `cargo xtask setup tch`".into(),
+            );
         };
         let mut lines = out.lines();
         let version = lines.next().unwrap_or("").to_string();
@@ -336,7 +338,11 @@ impl Xtask {
         eprintln!(
             "built {} with backends: {}",
             self.target.join("debug/balora").display(),
-            backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+            backends
+                .iter()
+                .map(|b| b.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         Ok(())
     }
@@ -419,7 +425,10 @@ impl Xtask {
                     b,
                     &names,
                     "fail",
-                    &format!("the conformance process for {} crashed ({status}); its output is above", b.name()),
+                    &format!(
+                        "the conformance process for {} crashed ({status}); its output is above",
+                        b.name()
+                    ),
                 )),
             }
         }
@@ -463,12 +472,7 @@ impl Xtask {
         if !venv.join("bin/python").exists() {
             run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
         }
-        run(Command::new(venv.join("bin/python")).args([
-            "-m",
-            "pip",
-            "install",
-            "torch==2.9.0",
-        ]))?;
+        run(Command::new(venv.join("bin/python")).args(["-m", "pip", "install", "torch==2.9.0"]))?;
         let env = self.tch_env().map_err(|e| anyhow::anyhow!(e))?;
         eprintln!("\nPyTorch is ready. `cargo xtask build --backend tch` and `cargo xtask conformance --backend tch` set this up themselves; by hand:");
         for (k, v) in env {
@@ -590,7 +594,8 @@ impl Xtask {
 
     fn assets(&self, args: &[String]) -> Result<()> {
         let mut cmd = self.cargo();
-        cmd.args(["run", "-p", "balora-cli", "--", "assets"]).args(args);
+        cmd.args(["run", "-p", "balora-cli", "--", "assets"])
+            .args(args);
         run(&mut cmd).context(
             "`balora assets` failed; if clap reported an unrecognized subcommand, the assets \
              command is not part of this checkout",
@@ -672,7 +677,11 @@ impl Xtask {
         if wgpu {
             cases.push(("wgpu", None, "smoke-wgpu"));
             // No Vulkan driver: the loader finds no ICD.
-            cases.push(("wgpu", Some(("VK_ICD_FILENAMES", "/nonexistent.json")), "smoke-no-vk"));
+            cases.push((
+                "wgpu",
+                Some(("VK_ICD_FILENAMES", "/nonexistent.json")),
+                "smoke-no-vk",
+            ));
         }
         if capture("nvidia-smi", &["-L"]).is_none() {
             cases.push(("cuda", None, "smoke-no-cuda"));
@@ -693,10 +702,11 @@ impl Xtask {
                 }
                 eprintln!("ok: {line}");
             } else {
-                let err_line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or("");
-                if o.status.code() != Some(1)
-                    || stderr.contains("panicked")
-                    || err_line.is_empty()
+                let err_line = stderr
+                    .lines()
+                    .find(|l| l.starts_with("error:"))
+                    .unwrap_or("");
+                if o.status.code() != Some(1) || stderr.contains("panicked") || err_line.is_empty()
                 {
                     bail!(
                         "`{line}` should fail with one `error:` line (exit 1), got {} and:\n{stderr}",
@@ -896,7 +906,8 @@ fn markdown_matrix(m: &Value) -> String {
 
 /// Replaces the text between `<!-- xtask:NAME:begin -->` and `<!-- xtask:NAME:end -->`.
 fn replace_section(doc: &Path, name: &str, body: &str) -> Result<()> {
-    let text = std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
+    let text =
+        std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
     let (b, e) = (
         format!("<!-- xtask:{name}:begin -->"),
         format!("<!-- xtask:{name}:end -->"),
@@ -950,6 +961,9 @@ fn check_markdown_links(root: &Path) -> Result<()> {
     if !broken.is_empty() {
         bail!("broken links in markdown pages:\n  {}", broken.join("\n  "));
     }
-    eprintln!("markdown links: {count} relative links in {} pages, all resolve", files.len());
+    eprintln!(
+        "markdown links: {count} relative links in {} pages, all resolve",
+        files.len()
+    );
     Ok(())
 }

@@ -1,15 +1,17 @@
 //! The adapter module and the device side of the manifold hook on burn-ndarray (f32), checked
 //! against f64 host references written here.
 
-use balora_adapter::{LoraAdapter, LoraConfig, LoraLinear, apply_manifold, collect_params, pair_grams};
+use balora_adapter::{
+    apply_manifold, collect_params, pair_grams, LoraAdapter, LoraConfig, LoraLinear,
+};
 use balora_manifold::balanced::{Balanced, Gauge};
 use balora_manifold::{Manifold, Unconstrained};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use nalgebra::DMatrix;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 type Nd = NdArray;
 
@@ -19,7 +21,10 @@ fn rand_mat(rng: &mut StdRng, r: usize, c: usize, scale: f64) -> DMatrix<f64> {
 
 fn to_t<Bk: Backend>(m: &DMatrix<f64>) -> Tensor<Bk, 2> {
     let v: Vec<f32> = m.transpose().iter().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(v, [m.nrows(), m.ncols()]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(v, [m.nrows(), m.ncols()]),
+        &Default::default(),
+    )
 }
 
 fn to_m<Bk: Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
@@ -29,7 +34,13 @@ fn to_m<Bk: Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
 }
 
 /// A layer with given W0 ([out, in]), bias, A, B and scale.
-fn layer<Bk: Backend>(w0: &DMatrix<f64>, bias: Option<&DMatrix<f64>>, a: &DMatrix<f64>, b: &DMatrix<f64>, s: f64) -> LoraLinear<Bk> {
+fn layer<Bk: Backend>(
+    w0: &DMatrix<f64>,
+    bias: Option<&DMatrix<f64>>,
+    a: &DMatrix<f64>,
+    b: &DMatrix<f64>,
+    s: f64,
+) -> LoraLinear<Bk> {
     let base = Linear {
         weight: Param::from_tensor(to_t::<Bk>(&w0.transpose())),
         bias: bias.map(|b| Param::from_tensor(to_t::<Bk>(b).reshape([b.ncols()]))),
@@ -43,15 +54,24 @@ fn layer<Bk: Backend>(w0: &DMatrix<f64>, bias: Option<&DMatrix<f64>>, a: &DMatri
 fn forward_matches_f64_reference() {
     let mut rng = StdRng::seed_from_u64(10);
     for &(n_in, n_out, r) in &[(16, 8, 4), (5, 40, 1), (33, 7, 7)] {
-        let (w0, bias) = (rand_mat(&mut rng, n_out, n_in, 1.0), rand_mat(&mut rng, 1, n_out, 1.0));
-        let (a, b) = (rand_mat(&mut rng, r, n_in, 1.0), rand_mat(&mut rng, n_out, r, 1.0));
+        let (w0, bias) = (
+            rand_mat(&mut rng, n_out, n_in, 1.0),
+            rand_mat(&mut rng, 1, n_out, 1.0),
+        );
+        let (a, b) = (
+            rand_mat(&mut rng, r, n_in, 1.0),
+            rand_mat(&mut rng, n_out, r, 1.0),
+        );
         let x = rand_mat(&mut rng, 6, n_in, 1.0);
         let s = 2.0 / r as f64;
         let l = layer::<Nd>(&w0, Some(&bias), &a, &b, s);
         let y = to_m(l.forward(to_t::<Nd>(&x)));
         let ones = DMatrix::from_element(6, 1, 1.0);
         let want = &x * w0.transpose() + ones * &bias + (&x * a.transpose() * b.transpose()) * s;
-        assert!((&y - &want).amax() < 1e-4 * want.amax().max(1.0), "{n_in}x{n_out} r={r}");
+        assert!(
+            (&y - &want).amax() < 1e-4 * want.amax().max(1.0),
+            "{n_in}x{n_out} r={r}"
+        );
         // Merged forward equals unmerged; unmerge restores W0.
         let merged = l.clone().merge();
         let ym = to_m(merged.forward(to_t::<Nd>(&x)));
@@ -65,7 +85,13 @@ fn forward_matches_f64_reference() {
 #[test]
 fn only_adapter_factors_are_trainable() {
     let dev = Default::default();
-    let l = LoraLinear::<Autodiff<Nd>>::new(8, 6, true, &dev).with_adapter(&LoraConfig { r: 3, ..Default::default() }, &dev);
+    let l = LoraLinear::<Autodiff<Nd>>::new(8, 6, true, &dev).with_adapter(
+        &LoraConfig {
+            r: 3,
+            ..Default::default()
+        },
+        &dev,
+    );
     let x = Tensor::<Autodiff<Nd>, 2>::ones([2, 8], &dev);
     let grads = l.forward(x).sum().backward();
     assert!(l.base.weight.val().grad(&grads).is_none());
@@ -89,7 +115,13 @@ fn hook_preserves_products_and_balances_in_f32() {
     let mut rng = StdRng::seed_from_u64(11);
     let mk = |rng: &mut StdRng, n_in, n_out, r| {
         let w0 = rand_mat(rng, n_out, n_in, 1.0);
-        layer::<Nd>(&w0, None, &rand_mat(rng, r, n_in, 1.0), &rand_mat(rng, n_out, r, 0.05), 1.0)
+        layer::<Nd>(
+            &w0,
+            None,
+            &rand_mat(rng, r, n_in, 1.0),
+            &rand_mat(rng, n_out, r, 0.05),
+            1.0,
+        )
     };
     let model = TwoLayers {
         first: mk(&mut rng, 24, 16, 4),
@@ -106,18 +138,35 @@ fn hook_preserves_products_and_balances_in_f32() {
     };
     let before = products(&model);
     for gauge in [Gauge::Closest, Gauge::Canonical] {
-        let manifold = Balanced { gauge, ..Default::default() };
+        let manifold = Balanced {
+            gauge,
+            ..Default::default()
+        };
         let (out, report) = apply_manifold(model.clone(), &manifold, 1).unwrap();
-        assert_eq!((report.adapters, report.refactored, report.rank_deficient), (3, 3, 0));
+        assert_eq!(
+            (report.adapters, report.refactored, report.rank_deficient),
+            (3, 3, 0)
+        );
         for (p, q) in products(&out).iter().zip(&before) {
-            assert!((p - q).norm() / q.norm() < 1e-5, "{gauge:?}: product changed by {}", (p - q).norm() / q.norm());
+            assert!(
+                (p - q).norm() / q.norm() < 1e-5,
+                "{gauge:?}: product changed by {}",
+                (p - q).norm() / q.norm()
+            );
         }
         for (key, g) in pair_grams(&out) {
             let d = balora_manifold::diagnose(&g);
-            assert!(d.balance_gap < 1e-5, "{gauge:?} {key}: gap {}", d.balance_gap);
+            assert!(
+                d.balance_gap < 1e-5,
+                "{gauge:?} {key}: gap {}",
+                d.balance_gap
+            );
         }
         let keys: Vec<String> = report.transforms.iter().map(|(k, _)| k.clone()).collect();
-        assert_eq!(keys, ["first.adapter", "blocks.0.adapter", "blocks.1.adapter"]);
+        assert_eq!(
+            keys,
+            ["first.adapter", "blocks.0.adapter", "blocks.1.adapter"]
+        );
     }
     // Plain LoRA leaves everything untouched.
     let (same, report) = apply_manifold(model.clone(), &Unconstrained, 1).unwrap();
@@ -133,12 +182,22 @@ fn hook_counts_zero_and_rank_deficient_pairs_without_nan() {
     let zero = layer::<Nd>(&w0, None, &a, &DMatrix::zeros(10, 4), 1.0);
     let low = rand_mat(&mut rng, 10, 1, 1.0) * rand_mat(&mut rng, 1, 4, 1.0);
     let deficient = layer::<Nd>(&w0, None, &a, &low, 1.0);
-    let model = TwoLayers { first: zero, blocks: vec![deficient] };
+    let model = TwoLayers {
+        first: zero,
+        blocks: vec![deficient],
+    };
     let a_stored = to_m(model.first.adapter.as_ref().unwrap().lora_a.val());
     let manifold = Balanced::default();
     assert!(manifold.applies_at(1));
     let (out, report) = apply_manifold(model, &manifold, 1).unwrap();
-    assert_eq!((report.zero_product, report.rank_deficient, report.refactored), (1, 1, 1));
+    assert_eq!(
+        (
+            report.zero_product,
+            report.rank_deficient,
+            report.refactored
+        ),
+        (1, 1, 1)
+    );
     let ad = out.first.adapter.as_ref().unwrap();
     assert_eq!(to_m(ad.lora_a.val()), a_stored, "zero pair untouched");
     let ad = out.blocks[0].adapter.as_ref().unwrap();

@@ -52,6 +52,8 @@ enum Command {
     },
     /// List registered optimizers and manifolds with their options.
     Plugins,
+    /// Which compute backends this binary has and whether their devices start.
+    Backends,
 }
 
 fn main() {
@@ -79,6 +81,10 @@ fn run(cmd: Command) -> Result<()> {
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Plugins => {
             print!("{}", plugins_listing());
+            Ok(())
+        }
+        Command::Backends => {
+            print!("{}", backend::report());
             Ok(())
         }
     }

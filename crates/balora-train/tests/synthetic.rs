@@ -1,6 +1,6 @@
 //! The synthetic experiment against f64 references, and the paper's effect on a reduced grid.
 
-use balora_train::synthetic::{Problem, SyntheticConfig, run_experiment, run_once};
+use balora_train::synthetic::{run_experiment, run_once, Problem, SyntheticConfig};
 use burn::backend::{Autodiff, NdArray};
 use nalgebra::DMatrix;
 
@@ -11,10 +11,18 @@ fn optimal_loss_matches_eckart_young_via_eigenvalues() {
     let p = Problem::sample(20, 4, 0, 0);
     // Independent route: eigenvalues of MᵀM are σ²; the best rank-4 residual keeps the 16 smallest.
     let m = &p.target - &p.w0;
-    let mut ev: Vec<f64> = (m.transpose() * &m).symmetric_eigenvalues().iter().copied().collect();
+    let mut ev: Vec<f64> = (m.transpose() * &m)
+        .symmetric_eigenvalues()
+        .iter()
+        .copied()
+        .collect();
     ev.sort_by(|a, b| b.total_cmp(a));
     let want = 0.5 * ev[4..].iter().sum::<f64>();
-    assert!((p.optimal_loss - want).abs() < 1e-9 * want, "{} vs {want}", p.optimal_loss);
+    assert!(
+        (p.optimal_loss - want).abs() < 1e-9 * want,
+        "{} vs {want}",
+        p.optimal_loss
+    );
 }
 
 #[test]
@@ -46,12 +54,18 @@ fn balora_beats_lora_with_sign_descent() {
     let cells = run_experiment::<B>(&cfg, &Default::default(), &|_, _| {}).unwrap();
     let gap100 = |label: &str| {
         let c = cells.iter().find(|c| c.method == label).unwrap();
-        assert!(c.chosen_lr.iter().all(Option::is_some), "{label}: a trajectory diverged at every lr");
+        assert!(
+            c.chosen_lr.iter().all(Option::is_some),
+            "{label}: a trajectory diverged at every lr"
+        );
         c.quartiles()[100].1
     };
     let lora = gap100("LoRA");
     for m in ["BaLoRA-canonical", "BaLoRA-closest"] {
         let g = gap100(m);
-        assert!(g * 3.0 < lora, "{m}: median gap@100 {g:.3e} is not several times below LoRA's {lora:.3e}");
+        assert!(
+            g * 3.0 < lora,
+            "{m}: median gap@100 {g:.3e} is not several times below LoRA's {lora:.3e}"
+        );
     }
 }

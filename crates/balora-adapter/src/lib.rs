@@ -26,4 +26,4 @@ mod params;
 
 pub use hook::{apply_manifold, grams_of, pair_grams, HookReport, ManifoldHookError};
 pub use linear::{AdapterInit, LoraAdapter, LoraConfig, LoraLinear};
-pub use params::{collect_params, replace_params, PairSlot, ParamSlot, ParamTable};
+pub use params::{collect_pairs, collect_params, replace_params, PairSlot, ParamSlot, ParamTable};

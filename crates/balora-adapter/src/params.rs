@@ -45,9 +45,20 @@ pub struct ParamTable<B: Backend> {
 
 /// Walks `module` and returns its pairs and other parameters.
 pub fn collect_params<B: Backend, M: Module<B>>(module: &M) -> ParamTable<B> {
+    collect(module, false)
+}
+
+/// Like [`collect_params`] but records only `lora_a`/`lora_b` parameters (detached from any
+/// autodiff graph): what the manifold hook needs, without touching the frozen base weights.
+pub fn collect_pairs<B: Backend, M: Module<B>>(module: &M) -> Vec<PairSlot<B>> {
+    collect(module, true).pairs
+}
+
+fn collect<B: Backend, M: Module<B>>(module: &M, pairs_only: bool) -> ParamTable<B> {
     let mut v = Collector::<B> {
         path: Vec::new(),
         slots: Vec::new(),
+        pairs_only,
     };
     module.visit(&mut v);
     let mut halves: BTreeMap<String, [Option<ParamSlot<B>>; 2]> = BTreeMap::new();
@@ -97,6 +108,7 @@ pub fn collect_params<B: Backend, M: Module<B>>(module: &M) -> ParamTable<B> {
 struct Collector<B: Backend> {
     path: Vec<String>,
     slots: Vec<ParamSlot<B>>,
+    pairs_only: bool,
 }
 
 impl<B: Backend> ModuleVisitor<B> for Collector<B> {
@@ -107,7 +119,20 @@ impl<B: Backend> ModuleVisitor<B> for Collector<B> {
         self.path.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let value = param.val();
+        if self.pairs_only
+            && !(D == 2
+                && matches!(
+                    self.path.last().map(String::as_str),
+                    Some("lora_a" | "lora_b")
+                ))
+        {
+            return;
+        }
+        let value = if self.pairs_only {
+            param.val().detach()
+        } else {
+            param.val()
+        };
         let shape = value.dims().to_vec();
         let n: usize = shape.iter().product();
         self.slots.push(ParamSlot {

@@ -733,34 +733,10 @@ impl<B: Backend> CausalLm<B> for LlamaForCausalLm<B> {
     }
 }
 
-/// Maps a GGUF tensor name of the Llama family to its Hugging Face name.
+/// Maps a GGUF tensor name of the Llama family to its Hugging Face name (one mapping for the
+/// whole project: [`balora_formats::llama_gguf_to_hf`]).
 pub fn gguf_to_hf_name(name: &str) -> Option<String> {
-    let direct = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(d) = direct {
-        return Some(d.to_string());
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = tail.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    balora_formats::llama_gguf_to_hf(name)
 }
 
 /// The inverse of [`gguf_to_hf_name`].

@@ -5,7 +5,7 @@ use balora_models::MemWeights;
 
 pub struct Lcg(pub u64);
 impl Lcg {
-    pub fn next(&mut self) -> f32 {
+    pub fn next_f32(&mut self) -> f32 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -13,7 +13,7 @@ impl Lcg {
         ((self.0 >> 33) as f64 / (1u64 << 31) as f64 * 2.0 - 1.0) as f32
     }
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
+        (0..n).map(|_| self.next_f32() * scale).collect()
     }
 }
 

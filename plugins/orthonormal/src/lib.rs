@@ -119,7 +119,7 @@ impl Manifold for Orthonormal {
         "orthonormal"
     }
     fn applies_at(&self, step: u64) -> bool {
-        step >= self.start_step && (step - self.start_step) % self.every == 0
+        step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
     }
     fn refactor(&self, grams: &PairGrams) -> Result<Option<Refactor>, ManifoldError> {
         Ok(Some(orthonormalize(grams, self.rank_tol)))

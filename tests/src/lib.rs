@@ -2,7 +2,7 @@
 //!
 //! The same generic checks ([`checks`]) run on every burn backend compiled in (ndarray always;
 //! wgpu, cuda, tch behind cargo features of the same names), each compared with an f64 reference
-//! computed on the host ([`reference`], written from the math, not calling the code under test).
+//! computed on the host ([`reference`](mod@reference), written from the math, not calling the code under test).
 //! Tolerances come from a per-backend floating-point model ([`Precision`]) and are justified
 //! where each check states them.
 //!

@@ -2,9 +2,9 @@
 //!
 //! * [`LoraLinear`]: a frozen `nn::Linear` plus an optional [`LoraAdapter`]; forward is
 //!   `x·W0ᵀ + b + s·((dropout(x)·Aᵀ)·Bᵀ)` and never forms the dense `s·B·A`.
-//! * [`collect_params`] walks any burn [`Module`] and pairs every `lora_a`/`lora_b` by module
+//! * [`collect_params`] walks any burn [`Module`](burn::module::Module) and pairs every `lora_a`/`lora_b` by module
 //!   path — adapters are found in user models too, not just ours.
-//! * [`apply_manifold`] runs a [`Manifold`] on every adapter of a model: the r×r Grams of all
+//! * [`apply_manifold`] runs a [`Manifold`](balora_manifold::Manifold) on every adapter of a model: the r×r Grams of all
 //!   adapters go to the host in **one** transfer, the manifold decides the gauge transforms in
 //!   f64, and the transforms come back in one upload and are applied as two thin matmuls.
 //!

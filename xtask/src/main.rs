@@ -381,7 +381,15 @@ impl Xtask {
         cmd.envs(tch_env.clone());
         run(&mut cmd)?;
         let bin = self.target.join("debug/balora-conformance");
-        let names: Vec<String> = capture(&bin.to_string_lossy(), &["--list"])
+        // A binary built with tch needs libtorch on the loader path even to list its checks.
+        let listed = Command::new(&bin)
+            .arg("--list")
+            .envs(tch_env.clone())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let names: Vec<String> = listed
             .context("listing the conformance checks")?
             .lines()
             .map(str::to_string)
@@ -408,9 +416,8 @@ impl Xtask {
                 cmd.args(["--filter", f]);
             }
             self.runtime_env(&mut cmd)?;
-            if b == Backend::Tch {
-                cmd.envs(tch_env.clone());
-            }
+            // A binary built with tch loads libtorch whichever backend it runs.
+            cmd.envs(tch_env.clone());
             eprintln!("\n$ {}", show(&cmd));
             let start = Instant::now();
             let status = cmd.status().context("starting balora-conformance")?;
@@ -497,6 +504,11 @@ impl Xtask {
             [&[Backend::Ndarray][..], backends].concat()
         };
         self.build_cli(&backends)?;
+        let tch_env = if backends.contains(&Backend::Tch) {
+            self.tch_env().map_err(|e| anyhow::anyhow!(e))?
+        } else {
+            Vec::new()
+        };
         let bin = self.target.join("debug/balora");
         let methods = 3; // the default config's LoRA, BaLoRA-canonical, BaLoRA-closest
         let optimizers = 2; // sign, adamw
@@ -524,9 +536,7 @@ impl Xtask {
                 ]);
                 cmd.arg(&out);
                 self.runtime_env(&mut cmd)?;
-                if b == Backend::Tch {
-                    cmd.envs(self.tch_env().map_err(|e| anyhow::anyhow!(e))?);
-                }
+                cmd.envs(tch_env.clone());
                 cmd.stdout(std::process::Stdio::null());
                 run(&mut cmd)?;
                 let summary: Value = serde_json::from_str(
@@ -645,7 +655,8 @@ impl Xtask {
             "-p",
             "balora-conformance",
             "--features",
-            "balora-cli/cuda,balora-conformance/cuda",
+            // The opt-in OpenBLAS matmul path type-checks with it (linking needs libopenblas).
+            "balora-cli/cuda,balora-cli/openblas,balora-conformance/cuda",
         ]))?;
         run(self.cargo().args([
             "clippy",

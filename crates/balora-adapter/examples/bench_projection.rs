@@ -8,7 +8,8 @@
 //!   SVDs plus the SVD of the r×r core (three SVDs, f64 nalgebra), upload the new factors;
 //! * (b) `copy floor`: one plain copy of every factor tensor (memory-bandwidth floor).
 //!
-//! Run: `cargo run -p balora-adapter --example bench_projection [-- --layers 28 --reps 3]`
+//! Run: `cargo run -p balora-adapter --example bench_projection [-- --layers 28 --reps 3]`;
+//! add `--features openblas` (needs `libopenblas-dev`) for BLAS-backed ndarray matmuls.
 
 use balora_adapter::{apply_manifold, collect_params, LoraAdapter};
 use balora_manifold::balanced::{Balanced, Gauge};
@@ -93,6 +94,22 @@ fn main() {
         adapters.len(),
         floats as f64 / 1e6,
         floats as f64 * 4.0 / 1e6
+    );
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
+    if cfg!(feature = "openblas") {
+        println!(
+            "ndarray matmul: system OpenBLAS (OPENBLAS_NUM_THREADS={})",
+            env("OPENBLAS_NUM_THREADS")
+        );
+    } else {
+        println!(
+            "ndarray matmul: matrixmultiply (MATMUL_NUM_THREADS={}); `--features openblas` for BLAS",
+            env("MATMUL_NUM_THREADS")
+        );
+    }
+    println!(
+        "host r×r decisions on {} rayon threads",
+        rayon::current_num_threads()
     );
     let manifold = Balanced {
         gauge: Gauge::Closest,

@@ -4,6 +4,7 @@ use crate::params::{collect_pairs, replace_params, PairSlot};
 use balora_manifold::{DMatrix, GaugeTransform, Manifold, ManifoldError, PairGrams};
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// What one hook call did.
@@ -100,21 +101,32 @@ pub fn apply_manifold<B: Backend, M: Module<B>>(
     };
     report.adapters = table.pairs.len();
     let grams = grams_of(&table.pairs);
+    // The r×r decisions are independent per adapter: decide them on every core (results in
+    // adapter order, so the outcome does not depend on scheduling).
+    let keys: Vec<&str> = table.pairs.iter().map(|p| p.key.as_str()).collect();
+    let decisions: Vec<_> = keys
+        .par_iter()
+        .zip(grams.par_iter())
+        .map(|(key, g)| {
+            if g.aat.iter().chain(g.btb.iter()).any(|v| !v.is_finite()) {
+                return Err(ManifoldHookError::Manifold {
+                    key: key.to_string(),
+                    source: ManifoldError::BadGrams(
+                        "non-finite factor entries (NaN or inf)".into(),
+                    ),
+                });
+            }
+            manifold
+                .refactor(g)
+                .map_err(|source| ManifoldHookError::Manifold {
+                    key: key.to_string(),
+                    source,
+                })
+        })
+        .collect();
     let mut chosen: Vec<(usize, GaugeTransform)> = Vec::new();
-    for (i, (pair, g)) in table.pairs.iter().zip(&grams).enumerate() {
-        if g.aat.iter().chain(g.btb.iter()).any(|v| !v.is_finite()) {
-            return Err(ManifoldHookError::Manifold {
-                key: pair.key.clone(),
-                source: ManifoldError::BadGrams("non-finite factor entries (NaN or inf)".into()),
-            });
-        }
-        let decided = manifold
-            .refactor(g)
-            .map_err(|source| ManifoldHookError::Manifold {
-                key: pair.key.clone(),
-                source,
-            })?;
-        if let Some(rf) = decided {
+    for (i, decided) in decisions.into_iter().enumerate() {
+        if let Some(rf) = decided? {
             if rf.active_rank == 0 {
                 report.zero_product += 1;
                 continue;

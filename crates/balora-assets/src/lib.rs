@@ -365,3 +365,28 @@ pub fn find(cache: &Path) -> AssetPaths {
         root: cache.to_path_buf(),
     }
 }
+
+/// For tests that need a real asset: the path, or `None` (test skips, with a message naming
+/// `cargo xtask assets`) when it is missing — unless `BALORA_REQUIRE_ASSETS=1` is set (CI sets
+/// it), in which case a missing asset panics so the test cannot pass without running.
+///
+/// ```
+/// let paths = balora_assets::find(std::path::Path::new("/nonexistent"));
+/// if std::env::var("BALORA_REQUIRE_ASSETS").as_deref() != Ok("1") {
+///     assert!(balora_assets::for_test(paths.minilm_dir(), "minilm").is_none());
+/// }
+/// ```
+pub fn for_test(found: Result<PathBuf, AssetError>, which: &str) -> Option<PathBuf> {
+    match found {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var("BALORA_REQUIRE_ASSETS").as_deref() == Ok("1") => {
+            panic!("asset `{which}` missing ({e}) and BALORA_REQUIRE_ASSETS=1; run `cargo xtask assets`")
+        }
+        Err(e) => {
+            eprintln!(
+                "skipping: asset `{which}` missing ({e}); fetch it with `cargo xtask assets`"
+            );
+            None
+        }
+    }
+}

@@ -21,15 +21,7 @@ fn asset(which: &str) -> Option<PathBuf> {
         "smollm2" => paths.smollm2_gguf(),
         _ => paths.minilm_dir(),
     };
-    match p {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!(
-                "skipping: asset `{which}` missing ({e}); fetch it with `cargo xtask assets`"
-            );
-            None
-        }
-    }
+    balora_assets::for_test(p, which)
 }
 
 fn golden(name: &str) -> Value {

@@ -366,17 +366,24 @@ pub fn find(cache: &Path) -> AssetPaths {
     }
 }
 
-/// For tests that need a real asset: the path, or `None` (test skips, with a message naming
-/// `cargo xtask assets`) when it is missing — unless `BALORA_REQUIRE_ASSETS=1` is set (CI sets
-/// it), in which case a missing asset panics so the test cannot pass without running.
+/// For tests that need a real asset (`"smollm2"`: the GGUF file, `"minilm"`: the model folder,
+/// any other pinned name: its folder) in the default cache: the path, or `None` (the test
+/// skips, with a message naming `cargo xtask assets`) when it is missing — unless
+/// `BALORA_REQUIRE_ASSETS=1` is set (CI sets it): then a missing asset panics, so the test cannot
+/// pass without running.
 ///
 /// ```
-/// let paths = balora_assets::find(std::path::Path::new("/nonexistent"));
-/// if std::env::var("BALORA_REQUIRE_ASSETS").as_deref() != Ok("1") {
-///     assert!(balora_assets::for_test(paths.minilm_dir(), "minilm").is_none());
+/// if let Some(gguf) = balora_assets::for_test("smollm2") {
+///     assert!(gguf.is_file());
 /// }
 /// ```
-pub fn for_test(found: Result<PathBuf, AssetError>, which: &str) -> Option<PathBuf> {
+pub fn for_test(which: &str) -> Option<PathBuf> {
+    let paths = find(&default_cache_dir());
+    let found = match which {
+        "smollm2" => paths.smollm2_gguf(),
+        "minilm" => paths.minilm_dir(),
+        other => paths.dir(other),
+    };
     match found {
         Ok(p) => Some(p),
         Err(e) if std::env::var("BALORA_REQUIRE_ASSETS").as_deref() == Ok("1") => {

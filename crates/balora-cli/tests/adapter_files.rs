@@ -17,15 +17,6 @@ fn balora() -> Command {
     Command::new(env!("CARGO_BIN_EXE_balora"))
 }
 
-fn asset(which: &str) -> Option<PathBuf> {
-    let paths = balora_assets::find(&balora_assets::default_cache_dir());
-    let found = match which {
-        "smollm2" => paths.smollm2_gguf(),
-        _ => paths.minilm_dir(),
-    };
-    balora_assets::for_test(found, which)
-}
-
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("balora-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -150,7 +141,7 @@ fn balance_keeps_products_and_balances_each_pair() {
 
 #[test]
 fn merge_writes_w0_plus_scaled_product_in_hf_layout() {
-    let Some(minilm) = asset("minilm") else {
+    let Some(minilm) = balora_assets::for_test("minilm") else {
         return;
     };
     let dir = tmp("merge-in");
@@ -211,7 +202,7 @@ fn merge_writes_w0_plus_scaled_product_in_hf_layout() {
 
 #[test]
 fn generate_greedy_continues_like_the_reference() {
-    let Some(gguf) = asset("smollm2") else {
+    let Some(gguf) = balora_assets::for_test("smollm2") else {
         return;
     };
     let o = balora()

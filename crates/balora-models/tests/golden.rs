@@ -15,15 +15,6 @@ type B = NdArray;
 /// Logit tolerance: f32 burn forward vs float64 numpy over 30 layers (measured: 1.4e-5).
 const LOGIT_TOL: f64 = 1e-3;
 
-fn asset(which: &str) -> Option<PathBuf> {
-    let paths = balora_assets::find(&balora_assets::default_cache_dir());
-    let p = match which {
-        "smollm2" => paths.smollm2_gguf(),
-        _ => paths.minilm_dir(),
-    };
-    balora_assets::for_test(p, which)
-}
-
 fn golden(name: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -41,7 +32,9 @@ fn u32s(v: &Value) -> Vec<u32> {
 
 #[test]
 fn smollm2_logits_tokens_and_greedy_paris() {
-    let Some(path) = asset("smollm2") else { return };
+    let Some(path) = balora_assets::for_test("smollm2") else {
+        return;
+    };
     let dev = Default::default();
     let lm = load_llama_gguf::<B>(&path, &dev).unwrap();
     assert_eq!(lm.config.num_layers, 30);
@@ -102,7 +95,9 @@ fn smollm2_logits_tokens_and_greedy_paris() {
 
 #[test]
 fn minilm_embeddings_and_cosines() {
-    let Some(dir) = asset("minilm") else { return };
+    let Some(dir) = balora_assets::for_test("minilm") else {
+        return;
+    };
     let dev = Default::default();
     let (m, _, tok) = load_bert_hf_dir::<B>(&dir, &dev).unwrap();
     let g = golden("minilm.json");

@@ -316,21 +316,25 @@ impl Xtask {
         Ok(env)
     }
 
-    fn features(backends: &[Backend]) -> String {
-        backends
+    /// `cargo build` of the `balora` binary and the conformance runner in ONE invocation with
+    /// the same backend features: cargo resolves dependency features per invocation, so building
+    /// them separately compiled the whole wgpu/cubecl stack twice (≈ 8 min of CI on 2 cores).
+    fn build_bins_cmd(&self, backends: &[Backend]) -> Command {
+        let mut cmd = self.cargo();
+        cmd.args(["build", "-p", "balora-cli", "-p", "balora-conformance"]);
+        let f: Vec<String> = backends
             .iter()
             .filter_map(|b| b.feature())
-            .collect::<Vec<_>>()
-            .join(",")
+            .flat_map(|f| [format!("balora-cli/{f}"), format!("balora-conformance/{f}")])
+            .collect();
+        if !f.is_empty() {
+            cmd.args(["--features", &f.join(",")]);
+        }
+        cmd
     }
 
     fn build_cli(&self, backends: &[Backend]) -> Result<()> {
-        let mut cmd = self.cargo();
-        cmd.args(["build", "-p", "balora-cli"]);
-        let f = Self::features(backends);
-        if !f.is_empty() {
-            cmd.args(["--features", &f]);
-        }
+        let mut cmd = self.build_bins_cmd(backends);
         if backends.contains(&Backend::Tch) {
             cmd.envs(self.tch_env().map_err(|e| anyhow::anyhow!(e))?);
         }
@@ -372,12 +376,7 @@ impl Xtask {
             .copied()
             .filter(|b| !pre_skip.contains_key(b))
             .collect();
-        let mut cmd = self.cargo();
-        cmd.args(["build", "-p", "balora-conformance"]);
-        let f = Self::features(&buildable);
-        if !f.is_empty() {
-            cmd.args(["--features", &f]);
-        }
+        let mut cmd = self.build_bins_cmd(&buildable);
         cmd.envs(tch_env.clone());
         run(&mut cmd)?;
         let bin = self.target.join("debug/balora-conformance");

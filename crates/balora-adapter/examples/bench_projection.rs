@@ -2,8 +2,11 @@
 //!
 //! 28 layers × {q 3072→3072, k/v 3072→1024, o 3072→3072, gate/up 3072→8192, down 8192→3072}, r = 16.
 //! Compares, in the same run:
-//! * `batched`: [`apply_manifold`] — all Grams in one transfer, r×r math on the host, one upload,
-//!   two thin matmuls per adapter;
+//! * `batched`: `apply_manifold` as training runs it. On burn-ndarray that is the host path: each
+//!   adapter's factors are read in place, Grams, r×r decision and the two thin products run adapter
+//!   by adapter on every core;
+//! * `batched, tensor-op path`: the path every other backend takes — all Grams in one transfer,
+//!   r×r math on the host, one upload, two thin burn matmuls per adapter;
 //! * (a) `per-module Algorithm 1`: per adapter, download A and B, polar decompositions by two thin
 //!   SVDs plus the SVD of the r×r core (three SVDs, f64 nalgebra), upload the new factors;
 //! * (b) `copy floor`: one plain copy of every factor tensor (memory-bandwidth floor).
@@ -11,7 +14,7 @@
 //! Run: `cargo run -p balora-adapter --example bench_projection [-- --layers 28 --reps 3]`;
 //! add `--features openblas` (needs `libopenblas-dev`) for BLAS-backed ndarray matmuls.
 
-use balora_adapter::{apply_manifold, collect_params, LoraAdapter};
+use balora_adapter::{apply_manifold_with, collect_params, HookPath, LoraAdapter};
 use balora_manifold::balanced::{Balanced, Gauge};
 use burn::backend::NdArray;
 use burn::tensor::{Distribution, Tensor, TensorData};
@@ -61,7 +64,7 @@ fn algorithm1(a: &DMatrix<f64>, b: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>
 
 fn main() {
     let layers = arg("--layers", 28);
-    let reps = arg("--reps", 3).max(1);
+    let reps = arg("--reps", 5).max(1);
     let r = 16;
     let shapes = [
         (3072, 3072),
@@ -115,54 +118,74 @@ fn main() {
         gauge: Gauge::Closest,
         ..Default::default()
     };
-    let time = |f: &mut dyn FnMut()| {
-        let mut best = f64::INFINITY;
-        for _ in 0..reps {
-            let t = Instant::now();
-            f();
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        best
-    };
-    let batched = time(&mut || {
-        let (out, rep) = apply_manifold(adapters.clone(), &manifold, 1).expect("projection");
+    let run = |path: HookPath| {
+        let (out, rep) =
+            apply_manifold_with(adapters.clone(), &manifold, 1, path).expect("projection");
         assert_eq!(rep.refactored, adapters.len());
         // Force the lazy results on backends that defer work.
         let _ = collect_params(&out)
             .pairs
             .last()
             .map(|p| p.b.clone().into_data());
-    });
-    let grams_only = time(&mut || {
-        let _ = balora_adapter::pair_grams(&adapters);
-    });
-    println!("  of which Gram computation + transfer: {grams_only:.3} s");
-    let naive = time(&mut || {
-        for ad in &adapters {
-            let (a, b) = (to_host(ad.lora_a.val()), to_host(ad.lora_b.val()));
-            let (a2, b2) = algorithm1(&a, &b);
-            let _ = (to_dev(&a2), to_dev(&b2));
+    };
+    type Method<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+    let mut methods: Vec<Method<'_>> = vec![
+        (
+            "batched (apply_manifold, host path)",
+            Box::new(|| run(HookPath::Auto)),
+        ),
+        (
+            "batched, tensor-op path",
+            Box::new(|| run(HookPath::TensorOps)),
+        ),
+        (
+            "  tensor-op path: Grams + transfer",
+            Box::new(|| {
+                let _ = balora_adapter::pair_grams(&adapters);
+            }),
+        ),
+        (
+            "(a) per-module Algorithm 1",
+            Box::new(|| {
+                for ad in &adapters {
+                    let (a, b) = (to_host(ad.lora_a.val()), to_host(ad.lora_b.val()));
+                    let (a2, b2) = algorithm1(&a, &b);
+                    let _ = (to_dev(&a2), to_dev(&b2));
+                }
+            }),
+        ),
+        (
+            "(b) one copy of all factors",
+            Box::new(|| {
+                let copies: Vec<_> = adapters
+                    .iter()
+                    .map(|ad| {
+                        (
+                            ad.lora_a.val().mul_scalar(1.0),
+                            ad.lora_b.val().mul_scalar(1.0),
+                        )
+                    })
+                    .collect();
+                let _ = copies.last().map(|(_, b)| b.clone().into_data());
+            }),
+        ),
+    ];
+    // Interleaved repetitions (best of `reps` each), so every method sees the same allocator
+    // and cache history: fresh large allocations page-fault, reused ones do not.
+    let mut best = vec![f64::INFINITY; methods.len()];
+    for _ in 0..reps {
+        for (i, (_, f)) in methods.iter_mut().enumerate() {
+            let t = Instant::now();
+            f();
+            best[i] = best[i].min(t.elapsed().as_secs_f64());
         }
-    });
-    let copy = time(&mut || {
-        let copies: Vec<_> = adapters
-            .iter()
-            .map(|ad| {
-                (
-                    ad.lora_a.val().mul_scalar(1.0),
-                    ad.lora_b.val().mul_scalar(1.0),
-                )
-            })
-            .collect();
-        let _ = copies.last().map(|(_, b)| b.clone().into_data());
-    });
-    println!("{:<34} {:>10}  {:>12}", "method", "time (s)", "÷ batched");
-    for (name, t) in [
-        ("batched (balora apply_manifold)", batched),
-        ("(a) per-module Algorithm 1", naive),
-        ("(b) one copy of all factors", copy),
-    ] {
-        println!("{name:<34} {t:>10.3}  {:>12.2}", t / batched);
+    }
+    let names: Vec<&str> = methods.iter().map(|(n, _)| *n).collect();
+    drop(methods);
+    let (batched, naive, copy) = (best[0], best[3], best[4]);
+    println!("{:<38} {:>10}  {:>12}", "method", "time (s)", "÷ batched");
+    for (name, t) in names.iter().zip(&best) {
+        println!("{name:<38} {t:>10.3}  {:>12.2}", t / batched);
     }
     println!(
         "batched is {:.1}× faster than (a) and {:.1}× the copy floor (b)",

@@ -21,9 +21,16 @@
 //! ```
 
 mod hook;
+#[cfg(feature = "ndarray")]
+mod host;
 mod linear;
 mod params;
 
-pub use hook::{apply_manifold, grams_of, pair_grams, HookReport, ManifoldHookError};
+pub use hook::{
+    apply_manifold, apply_manifold_autodiff, apply_manifold_with, grams_of, pair_grams, HookPath,
+    HookReport, ManifoldHookError,
+};
 pub use linear::{AdapterInit, LoraAdapter, LoraConfig, LoraLinear};
-pub use params::{collect_pairs, collect_params, replace_params, PairSlot, ParamSlot, ParamTable};
+pub use params::{
+    collect_pairs, collect_params, replace_params, PairSlot, ParamSlot, ParamTable, ParamValue,
+};

@@ -2,7 +2,8 @@
 //! against f64 host references written here.
 
 use balora_adapter::{
-    apply_manifold, collect_params, pair_grams, LoraAdapter, LoraConfig, LoraLinear,
+    apply_manifold, apply_manifold_autodiff, apply_manifold_with, collect_params, pair_grams,
+    HookPath, LoraAdapter, LoraConfig, LoraLinear,
 };
 use balora_manifold::balanced::{Balanced, Gauge};
 use balora_manifold::{Manifold, Unconstrained};
@@ -123,9 +124,11 @@ fn hook_preserves_products_and_balances_in_f32() {
             1.0,
         )
     };
+    // The last adapter is wider than the host path's GEMM block (512) on both sides, with
+    // partial blocks, so the blocked Grams and updates are covered.
     let model = TwoLayers {
         first: mk(&mut rng, 24, 16, 4),
-        blocks: vec![mk(&mut rng, 16, 40, 8), mk(&mut rng, 40, 3, 2)],
+        blocks: vec![mk(&mut rng, 16, 40, 8), mk(&mut rng, 1300, 1100, 6)],
     };
     let products = |m: &TwoLayers<Nd>| -> Vec<DMatrix<f64>> {
         std::iter::once(&m.first)
@@ -137,12 +140,16 @@ fn hook_preserves_products_and_balances_in_f32() {
             .collect()
     };
     let before = products(&model);
-    for gauge in [Gauge::Closest, Gauge::Canonical] {
+    let paths = [HookPath::Auto, HookPath::TensorOps];
+    for (gauge, path) in [Gauge::Closest, Gauge::Canonical]
+        .into_iter()
+        .flat_map(|g| paths.map(|p| (g, p)))
+    {
         let manifold = Balanced {
             gauge,
             ..Default::default()
         };
-        let (out, report) = apply_manifold(model.clone(), &manifold, 1).unwrap();
+        let (out, report) = apply_manifold_with(model.clone(), &manifold, 1, path).unwrap();
         assert_eq!(
             (report.adapters, report.refactored, report.rank_deficient),
             (3, 3, 0)
@@ -150,7 +157,7 @@ fn hook_preserves_products_and_balances_in_f32() {
         for (p, q) in products(&out).iter().zip(&before) {
             assert!(
                 (p - q).norm() / q.norm() < 1e-5,
-                "{gauge:?}: product changed by {}",
+                "{gauge:?} {path:?}: product changed by {}",
                 (p - q).norm() / q.norm()
             );
         }
@@ -158,7 +165,7 @@ fn hook_preserves_products_and_balances_in_f32() {
             let d = balora_manifold::diagnose(&g);
             assert!(
                 d.balance_gap < 1e-5,
-                "{gauge:?} {key}: gap {}",
+                "{gauge:?} {path:?} {key}: gap {}",
                 d.balance_gap
             );
         }
@@ -189,20 +196,56 @@ fn hook_counts_zero_and_rank_deficient_pairs_without_nan() {
     let a_stored = to_m(model.first.adapter.as_ref().unwrap().lora_a.val());
     let manifold = Balanced::default();
     assert!(manifold.applies_at(1));
-    let (out, report) = apply_manifold(model, &manifold, 1).unwrap();
-    assert_eq!(
-        (
-            report.zero_product,
-            report.rank_deficient,
-            report.refactored
-        ),
-        (1, 1, 1)
+    for path in [HookPath::Auto, HookPath::TensorOps] {
+        let (out, report) = apply_manifold_with(model.clone(), &manifold, 1, path).unwrap();
+        assert_eq!(
+            (
+                report.zero_product,
+                report.rank_deficient,
+                report.refactored
+            ),
+            (1, 1, 1)
+        );
+        let ad = out.first.adapter.as_ref().unwrap();
+        assert_eq!(to_m(ad.lora_a.val()), a_stored, "zero pair untouched");
+        let ad = out.blocks[0].adapter.as_ref().unwrap();
+        let p = to_m(ad.lora_b.val()) * to_m(ad.lora_a.val());
+        let want = &low * &a;
+        assert!(p.iter().all(|v| v.is_finite()));
+        assert!((&p - &want).norm() / want.norm() < 1e-5);
+    }
+}
+
+/// The trainer's entry point: projection on the inner backend, factors back in the autodiff
+/// module — still trainable, base still frozen, product kept, pair balanced.
+#[test]
+fn autodiff_hook_keeps_factors_trainable() {
+    type Ad = Autodiff<Nd>;
+    let mut rng = StdRng::seed_from_u64(13);
+    let (w0, a, b) = (
+        rand_mat(&mut rng, 20, 30, 1.0),
+        rand_mat(&mut rng, 5, 30, 1.0),
+        rand_mat(&mut rng, 20, 5, 0.1),
     );
-    let ad = out.first.adapter.as_ref().unwrap();
-    assert_eq!(to_m(ad.lora_a.val()), a_stored, "zero pair untouched");
-    let ad = out.blocks[0].adapter.as_ref().unwrap();
-    let p = to_m(ad.lora_b.val()) * to_m(ad.lora_a.val());
-    let want = &low * &a;
-    assert!(p.iter().all(|v| v.is_finite()));
-    assert!((&p - &want).norm() / want.norm() < 1e-5);
+    let l = layer::<Ad>(&w0, None, &a, &b, 1.0);
+    let l = LoraLinear {
+        base: Linear {
+            weight: l.base.weight.map(|w| w.set_require_grad(false)),
+            bias: None,
+        },
+        ..l
+    };
+    let (out, report) = apply_manifold_autodiff(l, &Balanced::default(), 1).unwrap();
+    assert_eq!(report.refactored, 1);
+    let ad = out.adapter.as_ref().unwrap();
+    let (na, nb) = (to_m(ad.lora_a.val()), to_m(ad.lora_b.val()));
+    let want = &b * &a;
+    assert!((&nb * &na - &want).norm() / want.norm() < 1e-5);
+    let gap = (nb.transpose() * &nb - &na * na.transpose()).norm()
+        / ((nb.transpose() * &nb).norm() + (&na * na.transpose()).norm());
+    assert!(gap < 1e-5, "balance gap {gap}");
+    let x = Tensor::<Ad, 2>::ones([2, 30], &Default::default());
+    let grads = out.forward(x).sum().backward();
+    assert!(ad.lora_a.val().grad(&grads).is_some() && ad.lora_b.val().grad(&grads).is_some());
+    assert!(out.base.weight.val().grad(&grads).is_none());
 }

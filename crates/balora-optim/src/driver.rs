@@ -1,7 +1,7 @@
 //! Applies an [`AdapterOptimizer`] to a burn module and its gradients.
 
 use crate::{AdapterOptimizer, GaugeTransform, PairStep};
-use balora_adapter::{collect_params, grams_of, replace_params, PairSlot};
+use balora_adapter::{collect_params, grams_of, replace_params, PairSlot, ParamValue};
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
@@ -37,7 +37,7 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
         mut grads: GradientsParams,
     ) -> M {
         let table = collect_params(&module);
-        let mut updates: HashMap<ParamId, Tensor<B, 1>> = HashMap::new();
+        let mut updates: HashMap<ParamId, ParamValue<B>> = HashMap::new();
         let with_grads: Vec<PairWithGrads<'_, B>> = table
             .pairs
             .iter()
@@ -74,9 +74,8 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
                     grams,
                 },
             );
-            let (na_n, nb_n) = (na.shape().num_elements(), nb.shape().num_elements());
-            updates.insert(p.a_id, Tensor::from_inner(na.reshape([na_n])));
-            updates.insert(p.b_id, Tensor::from_inner(nb.reshape([nb_n])));
+            updates.insert(p.a_id, Tensor::<B, 2>::from_inner(na).into());
+            updates.insert(p.b_id, Tensor::<B, 2>::from_inner(nb).into());
         }
         for s in table.singles.iter().filter(|s| s.trainable) {
             let n = s.value.shape().num_elements();
@@ -97,7 +96,7 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
                 let v = self
                     .inner
                     .step_param(&s.path, lr, s.value.clone().inner(), g);
-                updates.insert(s.id, Tensor::from_inner(v));
+                updates.insert(s.id, Tensor::<B, 1>::from_inner(v).into());
             }
         }
         replace_params(module, updates)

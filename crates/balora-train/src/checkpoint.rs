@@ -149,7 +149,7 @@ pub fn load_trainable_params<B: Backend, M: Module<B>>(
             TensorData::new(data.to_vec::<f32>().unwrap_or_default(), [n]),
             &device,
         );
-        updates.insert(*id, t);
+        updates.insert(*id, t.into());
     }
     Ok(replace_params(module, updates))
 }

@@ -1,4 +1,4 @@
-use balora_adapter::{apply_manifold, HookReport, ManifoldHookError};
+use balora_adapter::{apply_manifold_autodiff, HookReport, ManifoldHookError};
 use balora_manifold::{build_manifold, Manifold, ManifoldError, Options};
 use balora_optim::{build_optimizer, OptimError, OptimizerDriver, RegistryBackend};
 use burn::module::AutodiffModule;
@@ -136,12 +136,10 @@ impl<B: AutodiffBackend> TrainStepper<B> {
         let module = self.driver.step(lr, module, grads);
         let t1 = std::time::Instant::now();
         self.step += 1;
-        let (module, hook) =
-            apply_manifold(module, self.manifold.as_ref(), self.step).map_err(|source| {
-                TrainError::Hook {
-                    step: self.step,
-                    source,
-                }
+        let (module, hook) = apply_manifold_autodiff(module, self.manifold.as_ref(), self.step)
+            .map_err(|source| TrainError::Hook {
+                step: self.step,
+                source,
             })?;
         self.driver.on_refactor(&hook.transforms);
         let hook_s = t1.elapsed().as_secs_f64();

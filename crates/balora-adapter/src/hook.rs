@@ -77,8 +77,7 @@ pub fn grams_of<B: Backend>(pairs: &[PairSlot<B>]) -> Vec<PairGrams> {
             };
             let aat = take(&mut off);
             let btb = take(&mut off);
-            // Symmetrised; non-finite Grams are caught by the manifold's refactor via new().
-            PairGrams::new(aat.clone(), btb.clone()).unwrap_or(PairGrams { aat, btb })
+            measured_grams(aat, btb)
         })
         .collect()
 }
@@ -93,6 +92,12 @@ pub enum HookPath {
     Auto,
     /// Always burn tensor ops: one batched Gram transfer, one upload of all transforms.
     TensorOps,
+}
+
+/// Grams as measured: symmetrised when finite, kept as they are otherwise (the hook rejects
+/// non-finite Grams with the adapter's name before any decision).
+pub(crate) fn measured_grams(aat: DMatrix<f64>, btb: DMatrix<f64>) -> PairGrams {
+    PairGrams::new(aat.clone(), btb.clone()).unwrap_or(PairGrams { aat, btb })
 }
 
 /// Runs `manifold` on every adapter of `module` after optimizer step `step` (1-based).

@@ -61,8 +61,7 @@ impl HostPair {
             }
             _ => unreachable!("HostPair::of admits only F32/F64 pairs"),
         };
-        // Symmetrised; non-finite Grams are rejected by the hook before any decision.
-        PairGrams::new(aat.clone(), btb.clone()).unwrap_or(PairGrams { aat, btb })
+        crate::hook::measured_grams(aat, btb)
     }
 
     /// `(Q·A, B·P)` as row-major data of A's and B's shapes, in the factors' precision.

@@ -6,7 +6,9 @@
 //!   path — adapters are found in user models too, not just ours.
 //! * [`apply_manifold`] runs a [`Manifold`](balora_manifold::Manifold) on every adapter of a model: the r×r Grams of all
 //!   adapters go to the host in **one** transfer, the manifold decides the gauge transforms in
-//!   f64, and the transforms come back in one upload and are applied as two thin matmuls.
+//!   f64, and the transforms come back in one upload and are applied as two thin matmuls. On
+//!   burn-ndarray (feature `ndarray`, on by default) the factors are read in place instead and
+//!   each adapter is handled in one go on every core ([`HookPath`]).
 //!
 //! ```
 //! use balora_adapter::{LoraConfig, LoraLinear};

@@ -155,16 +155,8 @@ pub fn apply_manifold_autodiff<B: AutodiffBackend, M: AutodiffModule<B>>(
     if !manifold.applies_at(step) {
         return Ok((module, HookReport::default()));
     }
-    let inner: Vec<PairSlot<B::InnerBackend>> = collect_pairs(&module)
-        .into_iter()
-        .map(|p| PairSlot {
-            key: p.key,
-            a_id: p.a_id,
-            b_id: p.b_id,
-            a: p.a.inner(),
-            b: p.b.inner(),
-        })
-        .collect();
+    let inner: Vec<PairSlot<B::InnerBackend>> =
+        collect_pairs(&module).iter().map(PairSlot::inner).collect();
     let (updates, report) = refactor_pairs(&inner, manifold, HookPath::Auto)?;
     let updates = updates
         .into_iter()

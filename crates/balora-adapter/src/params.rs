@@ -34,6 +34,19 @@ pub struct PairSlot<B: Backend> {
     pub b: Tensor<B, 2>,
 }
 
+impl<B: burn::tensor::backend::AutodiffBackend> PairSlot<B> {
+    /// The same pair on the inner (non-autodiff) backend: same key and ids, no graph.
+    pub fn inner(&self) -> PairSlot<B::InnerBackend> {
+        PairSlot {
+            key: self.key.clone(),
+            a_id: self.a_id,
+            b_id: self.b_id,
+            a: self.a.clone().inner(),
+            b: self.b.clone().inner(),
+        }
+    }
+}
+
 /// The trainable float parameters of a module: LoRA pairs, and the other trainable parameters
 /// ("singles"). Frozen parameters (base weights) are not collected: every caller (optimizer,
 /// gradient clipping, checkpoints) works on the trainable ones, and collecting a frozen weight

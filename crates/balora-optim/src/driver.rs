@@ -48,16 +48,8 @@ impl<B: AutodiffBackend> OptimizerDriver<B> {
             })
             .collect();
         let grams = if self.inner.wants_grams() {
-            let inner_pairs: Vec<PairSlot<B::InnerBackend>> = with_grads
-                .iter()
-                .map(|(p, _, _)| PairSlot {
-                    key: p.key.clone(),
-                    a_id: p.a_id,
-                    b_id: p.b_id,
-                    a: p.a.clone().inner(),
-                    b: p.b.clone().inner(),
-                })
-                .collect();
+            let inner_pairs: Vec<PairSlot<B::InnerBackend>> =
+                with_grads.iter().map(|(p, _, _)| p.inner()).collect();
             grams_of(&inner_pairs).into_iter().map(Some).collect()
         } else {
             vec![None; with_grads.len()]

@@ -1,6 +1,6 @@
 //! Cross-backend conformance suite for balora.
 //!
-//! The same generic checks ([`checks`]) run on every burn backend compiled in (ndarray always;
+//! The same generic checks ([`checks`]) run on every burn backend compiled in (ndarray and flex always;
 //! wgpu, cuda, tch behind cargo features of the same names), each compared with an f64 reference
 //! computed on the host ([`reference`](mod@reference), written from the math, not calling the code under test).
 //! Tolerances come from a per-backend floating-point model ([`Precision`]) and are justified
@@ -23,6 +23,8 @@ use std::time::Instant;
 pub enum BackendKind {
     /// burn-ndarray (CPU), the reference backend, always compiled.
     Ndarray,
+    /// burn-flex (CPU; gemm-crate matmuls), balora's default CPU backend, always compiled.
+    Flex,
     /// burn-wgpu (Vulkan/Metal/DX12, or CPU through Mesa's lavapipe). Feature `wgpu`.
     Wgpu,
     /// burn-cuda. Feature `cuda`.
@@ -33,12 +35,14 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// All backends, in matrix order.
-    pub const ALL: [BackendKind; 4] = [Self::Ndarray, Self::Wgpu, Self::Cuda, Self::Tch];
+    pub const ALL: [BackendKind; 5] =
+        [Self::Ndarray, Self::Flex, Self::Wgpu, Self::Cuda, Self::Tch];
 
     /// Lower-case name (also the cargo feature).
     pub fn name(self) -> &'static str {
         match self {
             Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
             Self::Tch => "tch",
@@ -53,7 +57,7 @@ impl BackendKind {
     /// Whether this binary was built with the backend.
     pub fn compiled_in(self) -> bool {
         match self {
-            Self::Ndarray => true,
+            Self::Ndarray | Self::Flex => true,
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Cuda => cfg!(feature = "cuda"),
             Self::Tch => cfg!(feature = "tch"),
@@ -65,8 +69,8 @@ impl BackendKind {
         const U: f64 = 1.0 / 16_777_216.0; // 2^-24, unit roundoff of f32
         match self {
             // IEEE-754 f32 arithmetic on the CPU: +, −, ×, ÷, √ correctly rounded (error ≤ u);
-            // matmuls (matrixmultiply / MKL / OpenBLAS sgemm) accumulate in f32.
-            Self::Ndarray | Self::Tch => Precision {
+            // matmuls (matrixmultiply / gemm / MKL / OpenBLAS sgemm) accumulate in f32.
+            Self::Ndarray | Self::Flex | Self::Tch => Precision {
                 dtype: "f32",
                 u: U,
                 u_in: 0.0,
@@ -273,6 +277,7 @@ pub fn run_backend(kind: BackendKind, filter: Option<&str>) -> BackendReport {
             burn::backend::NdArray,
             burn::backend::ndarray::NdArrayDevice::default()
         ),
+        BackendKind::Flex => on!(burn::backend::Flex, burn::backend::flex::FlexDevice),
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => on!(
             burn::backend::Wgpu,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(about = "Cross-backend conformance checks of balora against f64 host references")]
 struct Args {
-    /// Comma-separated backends (ndarray, wgpu, cuda, tch); default: every compiled-in backend.
+    /// Comma-separated backends (ndarray, flex, wgpu, cuda, tch); default: every compiled-in backend.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
     /// Only checks whose name contains this.
@@ -54,7 +54,7 @@ fn run() -> Result<bool> {
             .iter()
             .map(|s| {
                 BackendKind::parse(s).with_context(|| {
-                    format!("unknown backend `{s}`; known: ndarray, wgpu, cuda, tch")
+                    format!("unknown backend `{s}`; known: ndarray, flex, wgpu, cuda, tch")
                 })
             })
             .collect::<Result<_>>()?

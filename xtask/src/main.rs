@@ -7,10 +7,12 @@
 //! * `bench-backends`: the synthetic experiment's training time per backend, ratios to ndarray.
 //! * `assets`: `balora assets` (downloads/caches the small real assets tests use).
 //! * `docs`: rustdoc with broken intra-doc links denied, the docs/ pages' links, doctests.
-//! * `test`: what CI runs (fmt, workspace tests, conformance on ndarray+wgpu, cuda build, clippy,
+//! * `test`: what CI runs (fmt, workspace tests, conformance on ndarray+flex+wgpu, cuda build, clippy,
 //!   docs).
 //!
 //! Deliberately light: it depends on no part of burn and only drives cargo.
+
+mod bench_torch;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -60,7 +62,8 @@ enum Cmd {
     },
     /// Install an optional backend's native dependencies.
     Setup {
-        /// `tch`: PyTorch 2.9.0 from PyPI into target/tch-venv (several GB with its CUDA libraries).
+        /// `tch`: PyTorch 2.9.0 from PyPI into target/tch-venv (several GB with its CUDA
+        /// libraries); `bench`: that plus transformers, PEFT and gguf for `bench-torch`.
         what: String,
         /// Python interpreter to create the venv with.
         #[arg(long, default_value = "python3")]
@@ -80,6 +83,25 @@ enum Cmd {
         #[arg(long)]
         no_record: bool,
     },
+    /// balora against PyTorch + transformers + PEFT on this machine (training and decoding
+    /// workloads, alternating runs), tokens/s ratios and peak RSS; needs `cargo xtask setup bench`.
+    BenchTorch {
+        /// balora backends (default: flex; `tch` needs `cargo xtask setup tch`).
+        #[command(flatten)]
+        backends: Backends,
+        /// Workloads: lm-train, lm-train-long, cls-train, decode (default: all).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
+        /// Alternating rounds per workload (the best of them is reported).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Timed steps per training run.
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Write the table into docs/benchmarks.md (between its `torch` markers).
+        #[arg(long)]
+        record: bool,
+    },
     /// Fetch the small real assets (`balora assets`).
     Assets {
         /// Passed to `balora assets`.
@@ -92,7 +114,7 @@ enum Cmd {
         #[arg(long)]
         no_doctests: bool,
     },
-    /// The CI test command: fmt, workspace tests, conformance on ndarray+wgpu, CUDA build, clippy, docs.
+    /// The CI test command: fmt, workspace tests, conformance on ndarray+flex+wgpu, CUDA build, clippy, docs.
     Test {
         /// Skip the wgpu conformance run (e.g. no Vulkan driver on this machine).
         #[arg(long)]
@@ -103,16 +125,18 @@ enum Cmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Backend {
     Ndarray,
+    Flex,
     Wgpu,
     Cuda,
     Tch,
 }
 
 impl Backend {
-    const ALL: [Backend; 4] = [Self::Ndarray, Self::Wgpu, Self::Cuda, Self::Tch];
+    const ALL: [Backend; 5] = [Self::Ndarray, Self::Flex, Self::Wgpu, Self::Cuda, Self::Tch];
     fn name(self) -> &'static str {
         match self {
             Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
             Self::Tch => "tch",
@@ -122,11 +146,13 @@ impl Backend {
         Self::ALL
             .into_iter()
             .find(|b| b.name() == s.trim())
-            .with_context(|| format!("unknown backend `{s}`; known: ndarray, wgpu, cuda, tch"))
+            .with_context(|| {
+                format!("unknown backend `{s}`; known: ndarray, flex, wgpu, cuda, tch")
+            })
     }
-    /// The cargo feature (ndarray is always compiled).
+    /// The cargo feature (the CPU backends, ndarray and flex, are always compiled).
     fn feature(self) -> Option<&'static str> {
-        (self != Self::Ndarray).then(|| self.name())
+        (!matches!(self, Self::Ndarray | Self::Flex)).then(|| self.name())
     }
 }
 
@@ -164,7 +190,7 @@ fn main() {
             filter,
             require,
             record,
-        } => parse_backends(&backends, &[Backend::Ndarray]).and_then(|b| {
+        } => parse_backends(&backends, &[Backend::Ndarray, Backend::Flex]).and_then(|b| {
             let require = require
                 .iter()
                 .map(|s| Backend::parse(s))
@@ -173,8 +199,9 @@ fn main() {
         }),
         Cmd::Setup { what, python } => match what.as_str() {
             "tch" => x.setup_tch(&python),
+            "bench" => x.setup_bench(&python),
             other => Err(anyhow::anyhow!(
-                "unknown setup target `{other}`; known: tch (wgpu needs no setup beyond a Vulkan \
+                "unknown setup target `{other}`; known: tch, bench (wgpu needs no setup beyond a Vulkan \
                  driver: `apt-get install mesa-vulkan-drivers libvulkan1` on a machine without GPU)"
             )),
         },
@@ -185,6 +212,29 @@ fn main() {
             no_record,
         } => parse_backends(&backends, &[Backend::Ndarray, Backend::Wgpu])
             .and_then(|b| x.bench(&b, trajectories, lr_count, !no_record)),
+        Cmd::BenchTorch {
+            backends,
+            workloads,
+            rounds,
+            steps,
+            record,
+        } => parse_backends(&backends, &[Backend::Flex]).and_then(|backends| {
+            let workloads = if workloads.is_empty() {
+                bench_torch::WORKLOADS
+                    .iter()
+                    .map(|w| w.0.to_string())
+                    .collect()
+            } else {
+                workloads
+            };
+            x.bench_torch(&bench_torch::BenchTorch {
+                backends,
+                workloads,
+                rounds,
+                steps,
+                record,
+            })
+        }),
         Cmd::Assets { args } => x.assets(&args),
         Cmd::Docs { no_doctests } => x.docs(!no_doctests),
         Cmd::Test { no_wgpu } => x.test(!no_wgpu),
@@ -635,8 +685,8 @@ impl Xtask {
         // and reports "skipped: no usable device" without a GPU.
         // CUDA is type-checked only (below): building its kernels' host code would add a third
         // heavy feature set to CI, and no CI machine has a GPU to run it.
-        let mut backends = vec![Backend::Ndarray];
-        let mut require = vec![Backend::Ndarray];
+        let mut backends = vec![Backend::Ndarray, Backend::Flex];
+        let mut require = vec![Backend::Ndarray, Backend::Flex];
         if wgpu {
             backends.push(Backend::Wgpu);
             require.push(Backend::Wgpu);
@@ -694,7 +744,10 @@ impl Xtask {
             c.arg(self.target.join(out));
             c
         };
-        let mut cases = vec![("ndarray", None, "smoke-ndarray")];
+        let mut cases = vec![
+            ("ndarray", None, "smoke-ndarray"),
+            ("flex", None, "smoke-flex"),
+        ];
         if wgpu {
             cases.push(("wgpu", None, "smoke-wgpu"));
             // No Vulkan driver: the loader finds no ICD.
@@ -716,7 +769,7 @@ impl Xtask {
             let line = show(&c);
             let o = c.output().with_context(|| format!("starting `{line}`"))?;
             let stderr = String::from_utf8_lossy(&o.stderr);
-            let expect_ok = out == "smoke-ndarray" || out == "smoke-wgpu";
+            let expect_ok = matches!(out, "smoke-ndarray" | "smoke-flex" | "smoke-wgpu");
             if expect_ok {
                 if !o.status.success() {
                     bail!("`{line}` failed:\n{stderr}");

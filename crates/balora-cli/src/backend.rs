@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// CPU, pure Rust (burn-ndarray). Always compiled.
+    /// CPU, pure Rust (burn-flex: gemm-crate matmuls, AVX-512 where the CPU has it). The
+    /// default. Feature `flex`.
+    Flex,
+    /// CPU, pure Rust (burn-ndarray). Feature `ndarray`.
     Ndarray,
     /// wgpu (Vulkan/Metal/DX12; CPU through Mesa lavapipe). Feature `wgpu`.
     Wgpu,
@@ -24,6 +27,7 @@ pub enum BackendKind {
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Flex => "flex",
             Self::Ndarray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
@@ -35,7 +39,7 @@ impl std::fmt::Display for BackendKind {
 /// The sentence printed when a backend was not compiled in.
 pub fn missing(kind: BackendKind) -> anyhow::Error {
     let how = match kind {
-        BackendKind::Ndarray => "rebuild with the default features",
+        BackendKind::Flex | BackendKind::Ndarray => "rebuild with the default features",
         BackendKind::Wgpu => {
             "rebuild with `cargo xtask build --backend wgpu` (the `wgpu` feature of balora-cli); \
              without a GPU it runs on Mesa's lavapipe: `apt-get install mesa-vulkan-drivers libvulkan1`"
@@ -61,14 +65,14 @@ pub fn unusable(kind: BackendKind, cause: &str) -> anyhow::Error {
         .take(200)
         .collect();
     let how = match kind {
-        BackendKind::Ndarray => "this is a bug, please report it",
+        BackendKind::Flex | BackendKind::Ndarray => "this is a bug, please report it",
         BackendKind::Wgpu => {
             "install a Vulkan driver (without a GPU, Mesa's lavapipe: `apt-get install \
-             mesa-vulkan-drivers libvulkan1`) or use `--backend ndarray`"
+             mesa-vulkan-drivers libvulkan1`) or use `--backend flex` (CPU)"
         }
         BackendKind::Cuda => {
             "it needs an NVIDIA GPU with its driver (libcuda); use `--backend wgpu` or \
-             `--backend ndarray` on other machines"
+             `--backend flex` (CPU) on other machines"
         }
         BackendKind::Tch => {
             "check the PyTorch 2.9 install (`cargo xtask setup tch`) and that its `lib` folder \
@@ -120,6 +124,15 @@ macro_rules! dispatch {
     ($kind:expr, |$b:ident, $dev:ident| $body:expr) => {{
         #[allow(unreachable_patterns)]
         match $kind {
+            #[cfg(feature = "flex")]
+            $crate::backend::BackendKind::Flex => {
+                type $b = burn::backend::Autodiff<burn::backend::Flex>;
+                let $dev = burn::backend::flex::FlexDevice;
+                match $crate::backend::probe::<$b>($kind, &$dev) {
+                    Ok(()) => Ok($body),
+                    Err(e) => Err(e),
+                }
+            }
             #[cfg(feature = "ndarray")]
             $crate::backend::BackendKind::Ndarray => {
                 type $b = burn::backend::Autodiff<burn::backend::NdArray>;
@@ -168,6 +181,7 @@ pub fn report() -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     for kind in [
+        BackendKind::Flex,
         BackendKind::Ndarray,
         BackendKind::Wgpu,
         BackendKind::Cuda,

@@ -36,6 +36,9 @@ pub struct Args {
     /// Wrap the prompt in the ChatML chat template (SmolLM2-Instruct).
     #[arg(long)]
     chat: bool,
+    /// Compute backend.
+    #[arg(long, default_value = "flex")]
+    backend: crate::backend::BackendKind,
 }
 
 /// The model to use: `--model`, else the fetched SmolLM2 asset.
@@ -54,12 +57,21 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("--top-p must be in (0, 1] and --temperature ≥ 0");
     }
     let path = default_model(a.model.as_deref())?;
-    let device = Default::default();
+    crate::backend::dispatch!(a.backend, |B, device| run_on::<
+        <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
+    >(&a, &path, &device))?
+}
+
+fn run_on<B: burn::tensor::backend::Backend>(
+    a: &Args,
+    path: &Path,
+    device: &B::Device,
+) -> Result<()> {
     let t0 = Instant::now();
-    let mut lm = load_causal_lm::<burn::backend::NdArray>(&path, &device)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let mut lm =
+        load_causal_lm::<B>(path, device).with_context(|| format!("loading {}", path.display()))?;
     if let Some(dir) = &a.adapter {
-        let (m, spec) = load_adapter(lm.model, dir, &device)
+        let (m, spec) = load_adapter(lm.model, dir, device)
             .with_context(|| format!("loading adapter {}", dir.display()))?;
         tracing::info!("adapter {} (r = {}) attached", dir.display(), spec.r);
         lm.model = m;

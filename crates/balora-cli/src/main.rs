@@ -3,6 +3,7 @@
 mod assets;
 mod backend;
 mod balance;
+mod bench;
 mod compare;
 mod config;
 mod config_cmd;
@@ -84,6 +85,8 @@ enum Command {
     },
     /// Which compute backends this binary has and whether their devices start.
     Backends,
+    /// One workload of the benchmark against PyTorch + PEFT (`cargo xtask bench-torch`): JSON line.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -120,6 +123,7 @@ fn run(cmd: Command) -> Result<()> {
             print!("{}", plugins_listing());
             Ok(())
         }
+        Command::Bench(a) => bench::run(a),
         Command::Backends => {
             print!("{}", backend::report());
             Ok(())
@@ -141,9 +145,9 @@ fn synthetic(
     )?;
     let backend = match (backend, cfg.backend.as_deref()) {
         (Some(b), _) => b,
-        (None, None) => BackendKind::Ndarray,
+        (None, None) => BackendKind::Flex,
         (None, Some(name)) => <BackendKind as clap::ValueEnum>::from_str(name, true).map_err(|_| {
-            anyhow::anyhow!("invalid configuration: `backend = \"{name}\"`; allowed: ndarray, wgpu, cuda, tch")
+            anyhow::anyhow!("invalid configuration: `backend = \"{name}\"`; allowed: flex, ndarray, wgpu, cuda, tch")
         })?,
     };
     let total = cfg.methods.len() * cfg.optimizers.len() * cfg.trajectories * cfg.lr_count;

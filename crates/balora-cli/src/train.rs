@@ -308,6 +308,7 @@ pub fn run(config: Option<&Path>, sets: &[String], out: Option<PathBuf>) -> Resu
 pub fn backend_of(b: balora_config::BackendName) -> crate::backend::BackendKind {
     use crate::backend::BackendKind as K;
     match b {
+        balora_config::BackendName::Flex => K::Flex,
         balora_config::BackendName::Ndarray => K::Ndarray,
         balora_config::BackendName::Wgpu => K::Wgpu,
         balora_config::BackendName::Cuda => K::Cuda,
@@ -322,7 +323,7 @@ pub fn check_devices(cfg: &JobConfig) -> Result<()> {
             "trainer.devices = {:?}: data-parallel training is not wired in yet. burn-train 0.21's \
              MultiDevice strategy needs a burn `Optimizer` wrapping the adapter optimizer + manifold, \
              and its DDP strategy needs a `DistributedBackend` (CubeCL backends: cuda/wgpu), which \
-             the CPU ndarray backend is not (it also has only one device). Use one device.",
+             the CPU backends (flex, ndarray) are not (it also has only one device). Use one device.",
             cfg.trainer.devices
         );
     }

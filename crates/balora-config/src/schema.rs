@@ -43,7 +43,7 @@ pub struct JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         Self {
-            backend: BackendName::Ndarray,
+            backend: BackendName::Flex,
             model: ModelSection::default(),
             adapter: AdapterSection::default(),
             manifold: PluginSection {
@@ -65,7 +65,9 @@ impl Default for JobConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {
-    /// CPU, pure Rust.
+    /// CPU, pure Rust (burn-flex): the default.
+    Flex,
+    /// CPU, pure Rust (burn-ndarray).
     Ndarray,
     /// wgpu.
     Wgpu,

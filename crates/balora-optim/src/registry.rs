@@ -18,6 +18,9 @@ pub trait OptimizerFactory: Send + Sync + 'static {
 
 /// An [`OptimizerFactory`] with its generic method instantiated for each compiled-in backend.
 pub trait ErasedFactory: Send + Sync {
+    /// For `Flex`.
+    #[cfg(feature = "flex")]
+    fn build_flex(&self) -> Box<dyn AdapterOptimizer<burn::backend::Flex>>;
     /// For `NdArray`.
     #[cfg(feature = "ndarray")]
     fn build_ndarray(&self) -> Box<dyn AdapterOptimizer<burn::backend::NdArray>>;
@@ -33,6 +36,10 @@ pub trait ErasedFactory: Send + Sync {
 }
 
 impl<T: OptimizerFactory> ErasedFactory for T {
+    #[cfg(feature = "flex")]
+    fn build_flex(&self) -> Box<dyn AdapterOptimizer<burn::backend::Flex>> {
+        self.build()
+    }
     #[cfg(feature = "ndarray")]
     fn build_ndarray(&self) -> Box<dyn AdapterOptimizer<burn::backend::NdArray>> {
         self.build()
@@ -57,6 +64,12 @@ pub trait RegistryBackend: Backend {
     fn instantiate(factory: &dyn ErasedFactory) -> Box<dyn AdapterOptimizer<Self>>;
 }
 
+#[cfg(feature = "flex")]
+impl RegistryBackend for burn::backend::Flex {
+    fn instantiate(f: &dyn ErasedFactory) -> Box<dyn AdapterOptimizer<Self>> {
+        f.build_flex()
+    }
+}
 #[cfg(feature = "ndarray")]
 impl RegistryBackend for burn::backend::NdArray {
     fn instantiate(f: &dyn ErasedFactory) -> Box<dyn AdapterOptimizer<Self>> {

@@ -162,7 +162,19 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// `x·W0ᵀ + b + s·((dropout(x)·Aᵀ)·Bᵀ)`.
+    ///
+    /// Inputs of rank > 2 are flattened to `[rows, in]` first (a view on backends with strided
+    /// tensors): one GEMM over all rows instead of a batched matmul that broadcasts the weight,
+    /// which CPU backends pack once per batch element.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            let dims = x.dims();
+            let rows = dims[..D - 1].iter().product::<usize>();
+            let y = self.forward::<2>(x.reshape([rows, dims[D - 1]]));
+            let mut out = dims;
+            out[D - 1] = y.dims()[1];
+            return y.reshape(out);
+        }
         match &self.adapter {
             Some(ad) if !ad.merged => self.base.forward(x.clone()) + ad.delta(x),
             _ => self.base.forward(x),

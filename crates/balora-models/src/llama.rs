@@ -694,6 +694,15 @@ impl<B: Backend> LlamaForCausalLm<B> {
 
     /// Logits for hidden states `[.., d]`.
     pub fn head<const D: usize>(&self, h: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            // One GEMM over all positions (see `LoraLinear::forward`).
+            let dims = h.dims();
+            let rows = dims[..D - 1].iter().product::<usize>();
+            let y = self.head::<2>(h.reshape([rows, dims[D - 1]]));
+            let mut out = dims;
+            out[D - 1] = y.dims()[1];
+            return y.reshape(out);
+        }
         match &self.lm_head {
             Some(l) => l.forward(h),
             None => match &self.tied_head {

@@ -1,3 +1,4 @@
+use balora_cpu::FrozenCache;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
@@ -132,6 +133,9 @@ pub struct LoraLinear<B: Backend> {
     pub base: Linear<B>,
     /// The adapter, if one is attached.
     pub adapter: Option<LoraAdapter<B>>,
+    /// The CPU path's row-major copy of `Wᵀ` (filled on first use on burn-flex; empty elsewhere).
+    #[module(skip)]
+    pub frozen_t: FrozenCache,
 }
 
 impl<B: Backend> LoraLinear<B> {
@@ -145,6 +149,7 @@ impl<B: Backend> LoraLinear<B> {
         Self {
             base: base.no_grad(),
             adapter: None,
+            frozen_t: FrozenCache::default(),
         }
     }
 
@@ -163,21 +168,44 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `x·W0ᵀ + b + s·((dropout(x)·Aᵀ)·Bᵀ)`.
     ///
-    /// Inputs of rank > 2 are flattened to `[rows, in]` first (a view on backends with strided
+    /// Inputs of any rank are flattened to `[rows, in]` first (a view on backends with strided
     /// tensors): one GEMM over all rows instead of a batched matmul that broadcasts the weight,
-    /// which CPU backends pack once per batch element.
+    /// which CPU backends pack once per batch element. On burn-flex (feature `flex`) the layer
+    /// runs the fused CPU kernels of `balora_cpu`; every other backend uses burn's ops.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if D > 2 {
-            let dims = x.dims();
-            let rows = dims[..D - 1].iter().product::<usize>();
-            let y = self.forward::<2>(x.reshape([rows, dims[D - 1]]));
-            let mut out = dims;
-            out[D - 1] = y.dims()[1];
-            return y.reshape(out);
-        }
-        match &self.adapter {
-            Some(ad) if !ad.merged => self.base.forward(x.clone()) + ad.delta(x),
-            _ => self.base.forward(x),
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = self.forward_rows(x.reshape([rows, dims[D - 1]]));
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        y.reshape(out)
+    }
+
+    /// [`forward`](Self::forward) on `[rows, in]`.
+    fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let adapter = self.adapter.as_ref().filter(|a| !a.merged);
+        let x = {
+            // The fused kernels have no dropout: layers with adapter dropout use burn's ops.
+            if adapter.is_none_or(|a| a.dropout.prob == 0.0) {
+                let bias = self.base.bias.as_ref().map(|b| b.val());
+                let lora = adapter.map(|a| (a.lora_a.val(), a.lora_b.val(), a.scale));
+                match balora_cpu::lora_linear(
+                    x,
+                    &self.base.weight.val(),
+                    bias.as_ref(),
+                    lora.as_ref().map(|(a, b, s)| (a, b, *s)),
+                    &self.frozen_t,
+                ) {
+                    Ok(y) => return y,
+                    Err(x) => x,
+                }
+            } else {
+                x
+            }
+        };
+        match adapter {
+            Some(ad) => self.base.forward(x.clone()) + ad.delta(x),
+            None => self.base.forward(x),
         }
     }
 

@@ -353,10 +353,14 @@ pub struct LlamaForCausalLm<B: Backend> {
     pub model: LlamaModel<B>,
     /// Untied head (`None`: tied to `model.embed_tokens`).
     pub lm_head: Option<LoraLinear<B>>,
-    /// `[max_position, head_dim/2]` cos table.
+    /// `[max_position, head_dim]` RoPE cos table, each pair's angle at both of its dimensions
+    /// (in the layout of [`Self::rope_layout`]).
     pub rope_cos: Tensor<B, 2>,
-    /// `[max_position, head_dim/2]` sin table.
+    /// `[max_position, head_dim]` RoPE sin table, laid out like `rope_cos`.
     pub rope_sin: Tensor<B, 2>,
+    /// `[head_dim, head_dim]` signed permutation `R` with `(x·R)` = each pair rotated by 90°, so
+    /// that `rope(x) = x ⊙ cos + (x·R) ⊙ sin`: three contiguous ops instead of slicing the halves.
+    pub rope_rot: Tensor<B, 2>,
     /// Query heads.
     pub num_heads: usize,
     /// Key/value heads.
@@ -463,23 +467,40 @@ impl<B: Backend> LlamaForCausalLm<B> {
             }
             Tensor::from_data(TensorData::new(t, [d, v]), device)
         });
-        let half = cfg.head_dim / 2;
+        let (hd, half) = (cfg.head_dim, cfg.head_dim / 2);
         let inv = cfg.inv_freq();
         let n = cfg.max_position.max(1);
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
+        // Dimension `j` of a head belongs to pair `pair(j)`, and `(x·R)[j] = sign(j)·x[partner(j)]`.
+        let interleaved = cfg.rope_layout == RopeLayout::Interleaved;
+        let pair = |j: usize| if interleaved { j / 2 } else { j % half };
+        let partner = |j: usize| -> (usize, f32) {
+            match (interleaved, j) {
+                (true, j) if j % 2 == 0 => (j + 1, -1.0),
+                (true, j) => (j - 1, 1.0),
+                (false, j) if j < half => (j + half, -1.0),
+                (false, j) => (j - half, 1.0),
+            }
+        };
+        let mut cos = Vec::with_capacity(n * hd);
+        let mut sin = Vec::with_capacity(n * hd);
         for p in 0..n {
-            for f in &inv {
-                let a = p as f64 * f;
+            for j in 0..hd {
+                let a = p as f64 * inv[pair(j)];
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);
             }
         }
+        let mut rot = vec![0f32; hd * hd];
+        for j in 0..hd {
+            let (from, sign) = partner(j);
+            rot[from * hd + j] = sign;
+        }
         Self {
             model,
             lm_head,
-            rope_cos: Tensor::from_data(TensorData::new(cos, [n, half]), device),
-            rope_sin: Tensor::from_data(TensorData::new(sin, [n, half]), device),
+            rope_cos: Tensor::from_data(TensorData::new(cos, [n, hd]), device),
+            rope_sin: Tensor::from_data(TensorData::new(sin, [n, hd]), device),
+            rope_rot: Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
@@ -570,36 +591,31 @@ impl<B: Backend> LlamaForCausalLm<B> {
         self.model.layers.len()
     }
 
-    fn rope(&self, x: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
-        let [b, h, s, hd] = x.dims();
-        let half = hd / 2;
-        let cos = self
-            .rope_cos
+    /// The RoPE tables `(cos, sin)` for `[batch, seq, heads, head_dim]` inputs at positions
+    /// `offset..offset + seq`, materialised at full size once per forward: element-wise ops
+    /// between same-shaped contiguous tensors are the fast case on every backend (a broadcast
+    /// operand is a strided read on CPU backends, in each of the 60 uses and their backwards).
+    fn rope_tables(&self, b: usize, s: usize, heads: usize, offset: usize) -> [Tensor<B, 4>; 2] {
+        let hd = self.head_dim;
+        [&self.rope_cos, &self.rope_sin].map(|t| {
+            t.clone()
+                .narrow(0, offset, s)
+                .reshape([1, s, 1, hd])
+                .repeat_dim(0, b)
+                .repeat_dim(2, heads)
+        })
+    }
+
+    /// RoPE of `x` `[batch, seq, heads, head_dim]` with tables from [`Self::rope_tables`]:
+    /// `x ⊙ cos + (x·R) ⊙ sin`.
+    fn rope(&self, x: Tensor<B, 4>, [cos, sin]: &[Tensor<B, 4>; 2]) -> Tensor<B, 4> {
+        let [b, s, h, hd] = x.dims();
+        let rotated = x
             .clone()
-            .narrow(0, offset, s)
-            .reshape([1, 1, s, half]);
-        let sin = self
-            .rope_sin
-            .clone()
-            .narrow(0, offset, s)
-            .reshape([1, 1, s, half]);
-        match self.rope_layout() {
-            RopeLayout::HalfSplit => {
-                let x1 = x.clone().narrow(3, 0, half);
-                let x2 = x.narrow(3, half, half);
-                let o1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-                let o2 = x2 * cos + x1 * sin;
-                Tensor::cat(vec![o1, o2], 3)
-            }
-            RopeLayout::Interleaved => {
-                let x5: Tensor<B, 5> = x.reshape([b, h, s, half, 2]);
-                let x0: Tensor<B, 4> = x5.clone().narrow(4, 0, 1).reshape([b, h, s, half]);
-                let x1: Tensor<B, 4> = x5.narrow(4, 1, 1).reshape([b, h, s, half]);
-                let o0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-                let o1 = x1 * cos + x0 * sin;
-                Tensor::stack::<5>(vec![o0, o1], 4).reshape([b, h, s, hd])
-            }
-        }
+            .reshape([b * s * h, hd])
+            .matmul(self.rope_rot.clone())
+            .reshape([b, s, h, hd]);
+        x * cos.clone() + rotated * sin.clone()
     }
 
     /// Hidden states after the final norm, `[batch, seq, d]`. With a cache, positions start at
@@ -636,29 +652,38 @@ impl<B: Backend> LlamaForCausalLm<B> {
             let pad = (m.neg() + 1.0).mul_scalar(-1e9).reshape([mb, 1, 1, t]);
             bias = bias + pad;
         }
+        // Full-size once per forward, reused by every layer (see `rope_tables`).
+        let bias = bias.repeat_dim(1, nh);
+        let bias = if bias.dims()[0] == 1 {
+            bias.repeat_dim(0, b)
+        } else {
+            bias
+        };
+        let rope_q = self.rope_tables(b, s, nh, offset);
+        let rope_k = self.rope_tables(b, s, nkv, offset);
         let mut x = self.model.embed_tokens.forward(input_ids);
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.model.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let at = &layer.self_attn;
-            let q = at
-                .q_proj
-                .forward(h.clone())
-                .reshape([b, s, nh, hd])
+            // RoPE on the projections' own [b, s, heads, hd] layout (contiguous), then heads first.
+            let q = self
+                .rope(
+                    at.q_proj.forward(h.clone()).reshape([b, s, nh, hd]),
+                    &rope_q,
+                )
                 .swap_dims(1, 2);
-            let k = at
-                .k_proj
-                .forward(h.clone())
-                .reshape([b, s, nkv, hd])
+            let mut k = self
+                .rope(
+                    at.k_proj.forward(h.clone()).reshape([b, s, nkv, hd]),
+                    &rope_k,
+                )
                 .swap_dims(1, 2);
-            let v = at
+            let mut v = at
                 .v_proj
                 .forward(h)
                 .reshape([b, s, nkv, hd])
                 .swap_dims(1, 2);
-            let q = self.rope(q, offset);
-            let mut k = self.rope(k, offset);
-            let mut v = v;
             if let Some(c) = cache.as_deref_mut() {
                 if let Some((pk, pv)) = c.layers[li].take() {
                     k = Tensor::cat(vec![pk, k], 2);
@@ -694,25 +719,32 @@ impl<B: Backend> LlamaForCausalLm<B> {
 
     /// Logits for hidden states `[.., d]`.
     pub fn head<const D: usize>(&self, h: Tensor<B, D>) -> Tensor<B, D> {
-        if D > 2 {
-            // One GEMM over all positions (see `LoraLinear::forward`).
-            let dims = h.dims();
-            let rows = dims[..D - 1].iter().product::<usize>();
-            let y = self.head::<2>(h.reshape([rows, dims[D - 1]]));
-            let mut out = dims;
-            out[D - 1] = y.dims()[1];
-            return y.reshape(out);
-        }
-        match &self.lm_head {
-            Some(l) => l.forward(h),
-            None => match &self.tied_head {
-                Some(t) => burn::tensor::module::linear(h, t.clone(), None),
-                None => burn::tensor::module::linear(
-                    h,
-                    self.model.embed_tokens.weight.val().transpose(),
-                    None,
-                ),
-            },
+        // One GEMM over all positions (see `LoraLinear::forward`).
+        let dims = h.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = self.head_rows(h.reshape([rows, dims[D - 1]]));
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        y.reshape(out)
+    }
+
+    fn head_rows(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        match (&self.lm_head, &self.tied_head) {
+            (Some(l), _) => l.forward(h),
+            // Tied: the frozen `[d, vocab]` copy forward; the CPU path's backward reads the
+            // embedding itself, which is that copy's row-major transpose.
+            (None, Some(t)) => {
+                let e = self.model.embed_tokens.weight.val();
+                match balora_cpu::frozen_linear(h, t, &e) {
+                    Ok(y) => y,
+                    Err(h) => burn::tensor::module::linear(h, t.clone(), None),
+                }
+            }
+            (None, None) => burn::tensor::module::linear(
+                h,
+                self.model.embed_tokens.weight.val().transpose(),
+                None,
+            ),
         }
     }
 

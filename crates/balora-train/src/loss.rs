@@ -63,6 +63,29 @@ pub fn token_nll_sum<B: Backend>(
         }
     }
     let count = weights.iter().filter(|&&w| w > 0.0).count();
+    // burn-flex: one fused pass over the whole contiguous logits (the last position weighted 0)
+    // instead of log_softmax on a strided slice; other backends take the generic ops below.
+    let logits = {
+        let mut all_t = Vec::with_capacity(b * s);
+        let mut all_w = Vec::with_capacity(b * s);
+        for row in 0..b {
+            let r = row * (s - 1);
+            all_t.extend(targets[r..r + s - 1].iter().map(|&t| t.max(0) as usize));
+            all_w.extend_from_slice(&weights[r..r + s - 1]);
+            all_t.push(0);
+            all_w.push(0.0);
+        }
+        match balora_cpu::token_nll_sum(logits.reshape([b * s, v]), &all_t, &all_w) {
+            Ok(sum) => {
+                return BatchLoss {
+                    sum,
+                    count,
+                    predictions: None,
+                }
+            }
+            Err(l) => l.reshape([b, s, v]),
+        }
+    };
     let logp = log_softmax(logits.slice([0..b, 0..s - 1, 0..v]), 2);
     let idx = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [b, s - 1, 1]), device);
     let w = Tensor::<B, 3>::from_data(TensorData::new(weights, [b, s - 1, 1]), device);

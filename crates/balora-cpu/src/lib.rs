@@ -1,0 +1,44 @@
+//! CPU fast paths for balora on burn-flex, behind a small interface.
+//!
+//! burn runs one generic code path for every backend; on the CPU a few patterns of fine-tuning
+//! a frozen model dominate the time and burn's op-by-op execution leaves most of the machine
+//! idle there. Each entry point here takes burn tensors of any backend `B`, runs a fused kernel
+//! when `B` is burn-flex (`Flex` or `Autodiff<Flex>`, f32) and returns `Err(input)` otherwise,
+//! so the caller runs its generic code unchanged:
+//!
+//! * [`lora_linear`] / [`frozen_linear`] — a frozen linear layer with an optional LoRA pair,
+//!   forward and backward (no gradient for the frozen weight; large products split over the
+//!   cores; `dy·Wᵀ` from a row-major copy of `Wᵀ` kept in a [`FrozenCache`]).
+//! * [`token_nll_sum`] — the summed, weighted next-token cross-entropy and its gradient in one
+//!   pass over the logits, rows spread over the cores.
+//!
+//! Without the `flex` feature every entry point returns `Err(input)`.
+//!
+//! ```
+//! use burn::backend::NdArray;
+//! use burn::tensor::Tensor;
+//!
+//! // Not burn-flex: the input comes back and the caller uses burn's ops.
+//! let dev = Default::default();
+//! let x = Tensor::<NdArray, 2>::ones([2, 3], &dev);
+//! let w = Tensor::<NdArray, 2>::ones([3, 4], &dev);
+//! let wt = w.clone().transpose();
+//! assert!(balora_cpu::frozen_linear(x, &w, &wt).is_err());
+//! ```
+
+#[cfg(feature = "flex")]
+mod gemm;
+#[cfg(feature = "flex")]
+mod linear;
+#[cfg(feature = "flex")]
+mod xent;
+
+#[cfg(feature = "flex")]
+pub use linear::{frozen_linear, lora_linear, FrozenCache};
+#[cfg(feature = "flex")]
+pub use xent::token_nll_sum;
+
+#[cfg(not(feature = "flex"))]
+mod fallback;
+#[cfg(not(feature = "flex"))]
+pub use fallback::{frozen_linear, lora_linear, token_nll_sum, FrozenCache};

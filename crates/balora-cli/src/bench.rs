@@ -9,7 +9,8 @@
 //!   α = 16 on `q_proj`/`v_proj`, AdamW lr 3e-3 (constant, no weight decay), gradient clipping
 //!   at norm 1, batch 4 × seq 32 of consecutive Moby Dick windows; `lm-train-long`: seq 256.
 //! * `cls-train` — all-MiniLM-L6-v2, masked-mean pooling + linear head (2 classes, trained),
-//!   LoRA r = 8 on `query`/`value`, AdamW lr 1e-3, batch 16 × seq 64.
+//!   LoRA r = 8 on `query`/`value`, AdamW lr 1e-3, batch 16 × seq 64 of consecutive Moby Dick
+//!   windows (the MiniLM tokenizer without truncation), label = window index mod 2.
 //! * `decode` — SmolLM2, greedy, `--new-tokens` tokens after a fixed prompt, with the KV cache,
 //!   prompt processing included; tokens/s of the median run.
 //!
@@ -124,6 +125,10 @@ pub fn run(a: Args) -> Result<()> {
 /// Consecutive non-overlapping windows of `seq` ids of the first 200 000 characters of `text`.
 fn windows(tok: &tokenizers::Tokenizer, text: &str, seq: usize) -> Result<Vec<Vec<u32>>> {
     let cut: String = text.chars().take(200_000).collect();
+    let mut tok = tok.clone();
+    tok.with_truncation(None)
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+        .with_padding(None);
     let ids = tok
         .encode(cut.as_str(), false)
         .map_err(|e| anyhow::anyhow!("tokenizing the text: {e}"))?

@@ -11,6 +11,7 @@
 //!   cores; `dy·Wᵀ` from a row-major copy of `Wᵀ` kept in a [`FrozenCache`]).
 //! * [`token_nll_sum`] — the summed, weighted next-token cross-entropy and its gradient in one
 //!   pass over the logits, rows spread over the cores.
+//! * [`gelu`] — exact (erf) GELU and its gradient, element blocks spread over the cores.
 //!
 //! Without the `flex` feature every entry point returns `Err(input)`.
 //!
@@ -27,12 +28,16 @@
 //! ```
 
 #[cfg(feature = "flex")]
+mod gelu;
+#[cfg(feature = "flex")]
 mod gemm;
 #[cfg(feature = "flex")]
 mod linear;
 #[cfg(feature = "flex")]
 mod xent;
 
+#[cfg(feature = "flex")]
+pub use gelu::gelu;
 #[cfg(feature = "flex")]
 pub use linear::{frozen_linear, lora_linear, FrozenCache};
 #[cfg(feature = "flex")]
@@ -41,4 +46,4 @@ pub use xent::token_nll_sum;
 #[cfg(not(feature = "flex"))]
 mod fallback;
 #[cfg(not(feature = "flex"))]
-pub use fallback::{frozen_linear, lora_linear, token_nll_sum, FrozenCache};
+pub use fallback::{frozen_linear, gelu, lora_linear, token_nll_sum, FrozenCache};

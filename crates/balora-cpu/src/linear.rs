@@ -19,7 +19,7 @@
 //!
 //! The path is taken only when it computes exactly what the generic one does: f32, a frozen
 //! weight and bias, no adapter dropout; otherwise callers fall back to burn's ops. Tests compare
-//! both paths and an f64 reference (`tests/cpu_linear.rs`).
+//! both paths and an f64 reference (`tests/kernels.rs`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -36,27 +36,72 @@ type Ad = Autodiff<Flex>;
 type AdPrim = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// A row-major copy of a frozen weight's transpose, made on first use by the CPU path and
-/// remade when the weight's storage changes. Cloning shares it.
+/// remade when the weight changes. Cloning shares it.
+///
+/// It keeps a clone of the weight it was made from and serves the copy only for that same
+/// storage with the same layout; holding the clone also stops burn-flex from updating the
+/// weight in place (its copy-on-write writes into a buffer only while it is uniquely held).
 #[derive(Clone, Debug, Default)]
-pub struct FrozenCache(Arc<Mutex<Option<(usize, FlexTensor)>>>);
+pub struct FrozenCache(Arc<Mutex<Option<(FlexTensor, FlexTensor)>>>);
 
 impl FrozenCache {
     /// `Wᵀ` of `w` (`[in, out]` → `[out, in]`, contiguous).
     fn transpose_of(&self, w: &FlexTensor) -> FlexTensor {
-        let key = Arc::as_ptr(&w.data_arc()) as usize ^ w.layout().start_offset();
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, t)) = slot.as_ref() {
-            if *k == key {
+        if let Some((src, t)) = slot.as_ref() {
+            let (a, b) = (src.layout(), w.layout());
+            if Arc::ptr_eq(&src.data_arc(), &w.data_arc())
+                && a.shape() == b.shape()
+                && a.strides() == b.strides()
+                && a.start_offset() == b.start_offset()
+                && src.dtype() == w.dtype()
+            {
                 return t.clone();
             }
         }
-        let t = w.transpose(0, 1).to_contiguous();
-        *slot = Some((key, t.clone()));
+        let t = transpose(w);
+        *slot = Some((w.clone(), t.clone()));
         t
     }
 }
 
+/// `wᵀ` of an f32 matrix, contiguous: 64×64 tiles, blocks of output rows spread over the cores
+/// (a one-time copy per frozen weight; a strided element-by-element copy took ~0.5 s for
+/// SmolLM2's 210 weights).
+fn transpose(w: &FlexTensor) -> FlexTensor {
+    use rayon::prelude::*;
+    const T: usize = 64;
+    let w = w.to_contiguous();
+    let (rows, cols) = dims2(&w);
+    let src: &[f32] = w.storage();
+    let mut out = vec![0f32; rows * cols];
+    if rows > 0 {
+        out.par_chunks_mut(rows * T)
+            .enumerate()
+            .for_each(|(blk, dst)| {
+                let (j0, nj) = (blk * T, dst.len() / rows);
+                for i0 in (0..rows).step_by(T) {
+                    for j in 0..nj {
+                        let d = &mut dst[j * rows..(j + 1) * rows];
+                        for i in i0..(i0 + T).min(rows) {
+                            d[i] = src[i * cols + j0 + j];
+                        }
+                    }
+                }
+            });
+    }
+    flat(out, [cols, rows])
+}
+
 /// A tensor of backend `B` as a tensor of backend `T`, when they are the same type.
+/// [`cast`] where the caller already knows both types are the same backend.
+pub(crate) fn same<B: Backend, T: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<T, D> {
+    match cast::<B, T, D>(t) {
+        Ok(t) => t,
+        Err(_) => unreachable!("checked to be the same backend"),
+    }
+}
+
 pub(crate) fn cast<B: Backend, T: Backend, const D: usize>(
     t: Tensor<B, D>,
 ) -> Result<Tensor<T, D>, Tensor<B, D>> {
@@ -81,19 +126,14 @@ pub fn lora_linear<B: Backend>(
         Ok(x) => x,
         Err(x) => return inner_forward(x, w, bias, adapter),
     };
-    let w = cast::<B, Ad, 2>(w.clone()).ok().expect("same backend");
-    let bias = bias.map(|b| cast::<B, Ad, 1>(b.clone()).ok().expect("same backend"));
-    let adapter = adapter.map(|(a, b, s)| {
-        (
-            cast::<B, Ad, 2>(a.clone()).ok().expect("same backend"),
-            cast::<B, Ad, 2>(b.clone()).ok().expect("same backend"),
-            s,
-        )
-    });
+    let w = same::<B, Ad, 2>(w.clone());
+    let bias = bias.map(|b| same::<B, Ad, 1>(b.clone()));
+    let adapter =
+        adapter.map(|(a, b, s)| (same::<B, Ad, 2>(a.clone()), same::<B, Ad, 2>(b.clone()), s));
     let (xp, wp) = (prim(x.clone()), prim(w));
     let bp = bias.map(prim);
     if wp.is_tracked() || bp.as_ref().is_some_and(|b| b.is_tracked()) || !is_f32(&xp.primitive) {
-        return Err(cast::<Ad, B, 2>(x).ok().expect("same backend"));
+        return Err(same::<Ad, B, 2>(x));
     }
     let wt = cache.transpose_of(&wp.primitive);
     let out = match adapter {
@@ -108,11 +148,9 @@ pub fn lora_linear<B: Backend>(
             s,
         ),
     };
-    Ok(
-        cast::<Ad, B, 2>(Tensor::from_primitive(TensorPrimitive::Float(out)))
-            .ok()
-            .expect("same backend"),
-    )
+    Ok(same::<Ad, B, 2>(Tensor::from_primitive(
+        TensorPrimitive::Float(out),
+    )))
 }
 
 /// A frozen `x·W` with `Wᵀ` given (`[out, in]` row-major), for weights that exist in both
@@ -128,30 +166,23 @@ pub fn frozen_linear<B: Backend>(
         Err(x) => {
             return match cast::<B, Flex, 2>(x) {
                 Ok(x) => {
-                    let w = flex_prim(cast::<B, Flex, 2>(w.clone()).ok().expect("same backend"));
+                    let w = flex_prim(same::<B, Flex, 2>(w.clone()));
                     let y = forward_values(&flex_prim(x), &w, None, None);
-                    Ok(cast::<Flex, B, 2>(flex_tensor(y.0))
-                        .ok()
-                        .expect("same backend"))
+                    Ok(same::<Flex, B, 2>(flex_tensor(y.0)))
                 }
                 Err(x) => Err(x),
             }
         }
     };
-    let (xp, wp) = (
-        prim(x.clone()),
-        prim(cast::<B, Ad, 2>(w.clone()).ok().expect("same")),
-    );
-    let wtp = prim(cast::<B, Ad, 2>(wt.clone()).ok().expect("same backend"));
+    let (xp, wp) = (prim(x.clone()), prim(same::<B, Ad, 2>(w.clone())));
+    let wtp = prim(same::<B, Ad, 2>(wt.clone()));
     if wp.is_tracked() || wtp.is_tracked() || !is_f32(&xp.primitive) {
-        return Err(cast::<Ad, B, 2>(x).ok().expect("same backend"));
+        return Err(same::<Ad, B, 2>(x));
     }
     let out = frozen_autodiff(xp, wp.primitive, wtp.primitive.to_contiguous(), None);
-    Ok(
-        cast::<Ad, B, 2>(Tensor::from_primitive(TensorPrimitive::Float(out)))
-            .ok()
-            .expect("same backend"),
-    )
+    Ok(same::<Ad, B, 2>(Tensor::from_primitive(
+        TensorPrimitive::Float(out),
+    )))
 }
 
 /// Forward on plain burn-flex (inference, evaluation): the same kernels, no graph.
@@ -165,16 +196,10 @@ fn inner_forward<B: Backend>(
     let x = cast::<B, Flex, 2>(x)?;
     let xp = flex_prim(x.clone());
     if !is_f32(&xp) {
-        return Err(cast::<Flex, B, 2>(x).ok().expect("same backend"));
+        return Err(same::<Flex, B, 2>(x));
     }
-    let f = |t: &Tensor<B, 2>| flex_prim(cast::<B, Flex, 2>(t.clone()).ok().expect("same backend"));
-    let bias = bias.map(|b| {
-        cast::<B, Flex, 1>(b.clone())
-            .ok()
-            .expect("same backend")
-            .into_primitive()
-            .tensor()
-    });
+    let f = |t: &Tensor<B, 2>| flex_prim(same::<B, Flex, 2>(t.clone()));
+    let bias = bias.map(|b| same::<B, Flex, 1>(b.clone()).into_primitive().tensor());
     let ad = adapter.map(|(a, b, s)| (f(a), f(b), s));
     let y = forward_values(
         &xp,
@@ -182,9 +207,7 @@ fn inner_forward<B: Backend>(
         bias.as_ref(),
         ad.as_ref().map(|(a, b, s)| (a, b, *s)),
     );
-    Ok(cast::<Flex, B, 2>(flex_tensor(y.0))
-        .ok()
-        .expect("same backend"))
+    Ok(same::<Flex, B, 2>(flex_tensor(y.0)))
 }
 
 fn prim<const D: usize>(t: Tensor<Ad, D>) -> AdPrim {

@@ -21,7 +21,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::linear::cast;
+use crate::linear::{cast, same};
 
 type Ad = Autodiff<Flex>;
 
@@ -42,7 +42,7 @@ pub fn token_nll_sum<B: Backend>(
         Ok(l) => {
             let p = l.clone().into_primitive().tensor();
             if p.primitive.dtype() != DType::F32 {
-                return Err(cast::<Ad, B, 2>(l).ok().expect("same backend"));
+                return Err(same::<Ad, B, 2>(l));
             }
             let x = p.primitive.to_contiguous();
             let (loss, lse) = forward(&x, targets, weights);
@@ -63,17 +63,17 @@ pub fn token_nll_sum<B: Backend>(
                 OpsKind::UnTracked(prep) => prep.finish(loss),
             };
             let t: Tensor<Ad, 1> = Tensor::from_primitive(TensorPrimitive::Float(out));
-            Ok(cast::<Ad, B, 1>(t).ok().expect("same backend"))
+            Ok(same::<Ad, B, 1>(t))
         }
         Err(l) => {
             let l = cast::<B, Flex, 2>(l)?;
             let p: FlexTensor = l.clone().into_primitive().tensor();
             if p.dtype() != DType::F32 {
-                return Err(cast::<Flex, B, 2>(l).ok().expect("same backend"));
+                return Err(same::<Flex, B, 2>(l));
             }
             let (loss, _) = forward(&p.to_contiguous(), targets, weights);
             let t: Tensor<Flex, 1> = Tensor::from_primitive(TensorPrimitive::Float(loss));
-            Ok(cast::<Flex, B, 1>(t).ok().expect("same backend"))
+            Ok(same::<Flex, B, 1>(t))
         }
     }
 }

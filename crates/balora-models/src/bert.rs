@@ -317,10 +317,14 @@ impl<B: Backend> BertModel<B> {
         let d = x.dims()[2];
         let nh = self.num_heads;
         let hd = d / nh;
+        // Materialised at the scores' full shape once, reused by every layer: a broadcast
+        // operand is a strided read on CPU backends.
         let bias: Option<Tensor<B, 4>> = attention_mask.map(|m| {
             (m.float().neg() + 1.0)
                 .mul_scalar(-1e9)
                 .reshape([b, 1, 1, s])
+                .repeat_dim(1, self.num_heads)
+                .repeat_dim(2, s)
         });
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.encoder.layer {
@@ -339,7 +343,10 @@ impl<B: Backend> BertModel<B> {
                 .reshape([b, s, d]);
             let ao = &l.attention.output;
             x = ao.layer_norm.forward(ao.dense.forward(ctx) + x);
-            let inner = gelu(l.intermediate.dense.forward(x.clone()));
+            let inner = match balora_cpu::gelu(l.intermediate.dense.forward(x.clone())) {
+                Ok(y) => y,
+                Err(h) => gelu(h),
+            };
             x = l
                 .output
                 .layer_norm

@@ -32,7 +32,7 @@ pub use hook::{
     apply_manifold, apply_manifold_autodiff, apply_manifold_with, grams_of, pair_grams, HookPath,
     HookReport, ManifoldHookError,
 };
-pub use linear::{AdapterInit, LoraAdapter, LoraConfig, LoraLinear};
+pub use linear::{over_rows, AdapterInit, LoraAdapter, LoraConfig, LoraLinear};
 pub use params::{
     collect_pairs, collect_params, replace_params, PairSlot, ParamSlot, ParamTable, ParamValue,
 };

@@ -126,6 +126,21 @@ impl<B: Backend> LoraAdapter<B> {
     }
 }
 
+/// `f` applied to `x` `[.., features]` seen as `[rows, features]` (a view on backends with
+/// strided tensors), the result shaped back to `[.., f's features]`: row-wise layers then run
+/// one GEMM over all rows instead of a batched matmul that broadcasts their weight.
+pub fn over_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = f(x.reshape([rows, dims[D - 1]]));
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
+}
+
 /// A linear layer with a frozen base weight and an optional LoRA adapter.
 #[derive(Module, Debug)]
 pub struct LoraLinear<B: Backend> {
@@ -173,12 +188,7 @@ impl<B: Backend> LoraLinear<B> {
     /// which CPU backends pack once per batch element. On burn-flex (feature `flex`) the layer
     /// runs the fused CPU kernels of `balora_cpu`; every other backend uses burn's ops.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let y = self.forward_rows(x.reshape([rows, dims[D - 1]]));
-        let mut out = dims;
-        out[D - 1] = y.dims()[1];
-        y.reshape(out)
+        over_rows(x, |x| self.forward_rows(x))
     }
 
     /// [`forward`](Self::forward) on `[rows, in]`.

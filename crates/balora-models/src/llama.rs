@@ -719,13 +719,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
 
     /// Logits for hidden states `[.., d]`.
     pub fn head<const D: usize>(&self, h: Tensor<B, D>) -> Tensor<B, D> {
-        // One GEMM over all positions (see `LoraLinear::forward`).
-        let dims = h.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let y = self.head_rows(h.reshape([rows, dims[D - 1]]));
-        let mut out = dims;
-        out[D - 1] = y.dims()[1];
-        y.reshape(out)
+        balora_adapter::over_rows(h, |h| self.head_rows(h))
     }
 
     fn head_rows(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {

@@ -112,7 +112,7 @@ pub(crate) fn cast<B: Backend, T: Backend, const D: usize>(
     }
 }
 
-/// The CPU fast path of [`LoraLinear`](crate::LoraLinear)'s forward for `x` `[rows, in]`, or `x`
+/// The CPU fast path of balora-adapter's `LoraLinear` forward for `x` `[rows, in]`, or `x`
 /// back when it does not apply (another backend, another dtype, a trainable base weight).
 #[allow(clippy::result_large_err)]
 pub fn lora_linear<B: Backend>(

@@ -7,11 +7,9 @@
 //!
 //! burn-flex evaluates GELU on one thread with libm's scalar `erff` and `expf` (19 % of a MiniLM
 //! training step). Here blocks of elements run on every core, and on CPUs with AVX2 + FMA the
-//! loop is compiled for them with the closed forms PyTorch's vectorised CPU kernels use too:
-//! `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7, i.e. ~1 f32 ulp of `Φ`) and
-//! `exp` by Cody–Waite range reduction and a degree-6 polynomial (≤ 2 ulp) — no library call, so
-//! the compiler vectorises it. Elsewhere the libm functions are used (bit-identical to
-//! burn-flex). Tests compare both with an f64 reference.
+//! loop is compiled for them with the closed forms of `crate::math` (erf ≤ 1.5e-7 absolute,
+//! exp ≤ 2 ulp; what PyTorch's vectorised CPU kernels use too); elsewhere with libm
+//! (bit-identical to burn-flex). Tests compare both with an f64 reference.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -24,6 +22,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::linear::{cast, same};
+use crate::math::{Closed, Libm, Normal};
 
 type Ad = Autodiff<Flex>;
 
@@ -75,68 +74,6 @@ fn forward(x: &FlexTensor) -> FlexTensor {
         .zip(src.par_chunks(BLOCK))
         .for_each(|(o, i)| apply(i, None, o, false));
     FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
-}
-
-/// `Φ(x)` and `x·φ(x)` — the pieces of GELU and of its derivative.
-pub(crate) trait Normal {
-    /// `erf(x)`.
-    fn erf(x: f32) -> f32;
-    /// `exp(x)`.
-    fn exp(x: f32) -> f32;
-}
-
-/// libm, as burn-flex.
-pub(crate) struct Libm;
-
-impl Normal for Libm {
-    #[inline(always)]
-    fn erf(x: f32) -> f32 {
-        libm::erff(x)
-    }
-    #[inline(always)]
-    fn exp(x: f32) -> f32 {
-        x.exp()
-    }
-}
-
-/// Closed forms without library calls (vectorisable).
-pub(crate) struct Closed;
-
-impl Normal for Closed {
-    #[inline(always)]
-    fn erf(x: f32) -> f32 {
-        // Abramowitz & Stegun 7.1.26.
-        let a = x.abs();
-        let t = 1.0 / (1.0 + 0.327_591_1 * a);
-        let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_7) * t - 0.284_496_74) * t
-            + 0.254_829_6)
-            * t;
-        let r = 1.0 - poly * Self::exp(-a * a);
-        if x < 0.0 {
-            -r
-        } else {
-            r
-        }
-    }
-    #[inline(always)]
-    fn exp(x: f32) -> f32 {
-        // x = n·ln2 + r, |r| ≤ ln2/2; exp(r) by its Taylor polynomial to degree 6; 2ⁿ via the
-        // exponent bits. Inputs below −87 flush to 0 (GELU only takes exp of −x²/2 ≤ 0).
-        let x = x.clamp(-87.0, 88.0);
-        // Round to nearest by the 1.5·2²³ trick: the sum's low mantissa bits hold n as an
-        // integer (no `f32::round` library call, no saturating float→int cast).
-        const SHIFTER: f32 = 12_582_912.0;
-        let t = x * std::f32::consts::LOG2_E + SHIFTER;
-        let n = t - SHIFTER;
-        let n_int = t.to_bits().wrapping_sub(SHIFTER.to_bits());
-        let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (0.166_666_67
-                        + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-        p * f32::from_bits(n_int.wrapping_add(127) << 23)
-    }
 }
 
 /// `gelu(x)` with `N`'s functions.

@@ -12,6 +12,7 @@
 //! * [`token_nll_sum`] — the summed, weighted next-token cross-entropy and its gradient in one
 //!   pass over the logits, rows spread over the cores.
 //! * [`gelu`] — exact (erf) GELU and its gradient, element blocks spread over the cores.
+//! * [`swiglu`] — `silu(gate)·up` and both gradients in one pass each.
 //!
 //! Without the `flex` feature every entry point returns `Err(input)`.
 //!
@@ -34,6 +35,10 @@ mod gemm;
 #[cfg(feature = "flex")]
 mod linear;
 #[cfg(feature = "flex")]
+mod math;
+#[cfg(feature = "flex")]
+mod swiglu;
+#[cfg(feature = "flex")]
 mod xent;
 
 #[cfg(feature = "flex")]
@@ -41,9 +46,11 @@ pub use gelu::gelu;
 #[cfg(feature = "flex")]
 pub use linear::{frozen_linear, lora_linear, FrozenCache};
 #[cfg(feature = "flex")]
+pub use swiglu::swiglu;
+#[cfg(feature = "flex")]
 pub use xent::token_nll_sum;
 
 #[cfg(not(feature = "flex"))]
 mod fallback;
 #[cfg(not(feature = "flex"))]
-pub use fallback::{frozen_linear, gelu, lora_linear, token_nll_sum, FrozenCache};
+pub use fallback::{frozen_linear, gelu, lora_linear, swiglu, token_nll_sum, FrozenCache};

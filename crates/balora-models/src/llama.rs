@@ -708,7 +708,11 @@ impl<B: Backend> LlamaForCausalLm<B> {
             x = x + at.o_proj.forward(o);
             let h = layer.post_attention_layernorm.forward(x.clone());
             let m = &layer.mlp;
-            let a = silu(m.gate_proj.forward(h.clone())) * m.up_proj.forward(h);
+            let (gate, up) = (m.gate_proj.forward(h.clone()), m.up_proj.forward(h));
+            let a = match balora_cpu::swiglu(gate, up) {
+                Ok(a) => a,
+                Err((gate, up)) => silu(gate) * up,
+            };
             x = x + m.down_proj.forward(a);
         }
         if let Some(c) = cache {

@@ -20,7 +20,7 @@
 //!
 //! The path is taken only when it computes exactly what the generic one does: f32, a frozen
 //! weight and bias, no adapter dropout; otherwise callers fall back to burn's ops. Tests compare
-//! both paths and an f64 reference (`tests/kernels.rs`).
+//! both paths and an f64 reference (`tests/linear.rs`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;

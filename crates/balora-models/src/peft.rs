@@ -13,9 +13,12 @@ use crate::weights::{to_vec, Weights};
 use crate::ModelError;
 use balora_adapter::{LoraAdapter, LoraLinear};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
+
+mod config;
+pub use config::{parse_config, INERT, USED};
 
 /// File names inside an adapter directory.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -34,101 +37,6 @@ pub struct AdapterMeta {
 /// The PEFT key prefix of a module.
 pub fn peft_prefix(path: &str) -> String {
     format!("base_model.model.{path}")
-}
-
-/// Config fields balora understands (value used).
-const USED: &[&str] = &[
-    "r",
-    "lora_alpha",
-    "target_modules",
-    "exclude_modules",
-    "layers_to_transform",
-    "rank_pattern",
-    "alpha_pattern",
-    "modules_to_save",
-    "use_rslora",
-    "lora_dropout",
-    "init_lora_weights",
-];
-/// Fields that carry no meaning for the weights (any value accepted).
-const INERT: &[&str] = &[
-    "task_type",
-    "peft_type",
-    "base_model_name_or_path",
-    "revision",
-    "inference_mode",
-    "auto_mapping",
-    "megatron_core",
-    "layers_pattern",
-    "runtime_config",
-    "qalora_group_size",
-    "peft_version",
-    "ensure_weight_tying",
-];
-
-/// Fields that must hold their default: (name, accepted values).
-fn must_default(name: &str, v: &Value) -> Option<bool> {
-    let ok = match name {
-        "fan_in_fan_out" | "use_dora" | "lora_bias" | "use_qalora" => {
-            matches!(v, Value::Null | Value::Bool(false))
-        }
-        "bias" => matches!(v, Value::Null) || v == "none",
-        "layer_replication"
-        | "megatron_config"
-        | "eva_config"
-        | "corda_config"
-        | "trainable_token_indices"
-        | "alora_invocation_tokens"
-        | "arrow_config" => v.is_null(),
-        "loftq_config" => v.is_null() || v.as_object().is_some_and(Map::is_empty),
-        "target_parameters" => v.is_null() || v.as_array().is_some_and(Vec::is_empty),
-        _ => return None,
-    };
-    Some(ok)
-}
-
-/// Parses `adapter_config.json` text; unknown or unsupported fields are errors.
-pub fn parse_config(text: &str, origin: &str) -> Result<AdapterSpec, ModelError> {
-    let err = |m: String| ModelError::Adapter {
-        file: origin.to_string(),
-        message: m,
-    };
-    let v: Value = serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| err("expected a JSON object".into()))?;
-    if let Some(t) = obj.get("peft_type") {
-        if t != "LORA" {
-            return Err(err(format!(
-                "peft_type {t} is not supported (only \"LORA\")"
-            )));
-        }
-    }
-    let mut used = Map::new();
-    for (k, val) in obj {
-        if USED.contains(&k.as_str()) {
-            if !val.is_null() {
-                used.insert(k.clone(), val.clone());
-            }
-        } else if INERT.contains(&k.as_str()) {
-        } else {
-            match must_default(k, val) {
-                Some(true) => {}
-                Some(false) => {
-                    return Err(err(format!(
-                        "field `{k}` = {val} is not supported by balora (only PEFT's default)"
-                    )))
-                }
-                None => return Err(err(format!("unknown field `{k}`"))),
-            }
-        }
-    }
-    for req in ["r", "lora_alpha", "target_modules"] {
-        if !used.contains_key(req) {
-            return Err(err(format!("missing field `{req}`")));
-        }
-    }
-    serde_json::from_value(Value::Object(used)).map_err(|e| err(format!("bad field: {e}")))
 }
 
 fn adapter_err(file: &Path, m: String) -> ModelError {

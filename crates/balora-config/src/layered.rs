@@ -1,4 +1,9 @@
-//! Figment layering: defaults < TOML file < `PREFIX…` env (`__` nests) < `--set key=value`.
+//! Figment layering: defaults < TOML file < `PREFIX…` env < `--set key=value`.
+//!
+//! Environment keys: `PREFIX<SECTION>__<KEY>` (`__` nests, any depth) or, for the first level,
+//! `PREFIX<SECTION>_<KEY>` (`BALORA_TRAINER_STEPS` = `BALORA_TRAINER__STEPS` = `trainer.steps`;
+//! section names contain no `_`, so the split is unambiguous). With a section list, every other
+//! `PREFIX…` variable is an error naming it, except the tool variables in [`NON_CONFIG_ENV`].
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -22,6 +27,22 @@ pub enum ConfigError {
         /// figment's message(s), each naming the key.
         message: String,
     },
+    /// `BALORA_…` environment variables that are neither config keys nor tool variables.
+    #[error(
+        "unknown environment variable(s) {names}: config keys are {prefix}<SECTION>_<KEY> or \
+         {prefix}<SECTION>__<KEY> with SECTION one of {sections} (e.g. {prefix}TRAINER_STEPS=100); \
+         other {prefix} variables balora reads: {tools}"
+    )]
+    UnknownEnv {
+        /// The offending variable names, comma-separated.
+        names: String,
+        /// The prefix (`BALORA_`).
+        prefix: String,
+        /// The allowed sections, comma-separated.
+        sections: String,
+        /// The tool variables, comma-separated.
+        tools: String,
+    },
     /// A value that parses but is not allowed.
     #[error("bad value for `{key}`: {message}")]
     BadValue {
@@ -44,9 +65,66 @@ pub fn parse_set(s: &str) -> Result<(String, toml::Value), ConfigError> {
     Ok((key.trim().to_string(), value))
 }
 
-/// Loads `T` from `defaults`, `file` (if given), env vars with `env_prefix` (`__` separates
-/// nesting; with `sections`, only variables whose first segment is one of them are read, so
-/// unrelated `BALORA_…` variables are ignored) and `sets`.
+/// `BALORA_…` variables that are not job-config keys (asset cache, benchmarks, the synthetic
+/// experiment's own config layer); names ending in `_` are prefixes.
+pub const NON_CONFIG_ENV: &[&str] = &[
+    "ASSETS",
+    "ASSET_ARCHIVES",
+    "PIP",
+    "REQUIRE_ASSETS",
+    "BENCH_",
+    "SYNTHETIC_",
+];
+
+/// The dotted config key of the environment key `key` (prefix stripped, any case), if its first
+/// segment is one of `sections`: `trainer__lr` and `trainer_lr` → `trainer.lr`,
+/// `adapter__rank_pattern__q_proj` → `adapter.rank_pattern.q_proj`, `backend` → `backend`.
+pub fn env_key(key: &str, sections: &[&str]) -> Option<String> {
+    let key = key.to_ascii_lowercase();
+    let dotted = if key.contains("__") {
+        key.replace("__", ".")
+    } else if sections.contains(&key.as_str()) {
+        key.clone()
+    } else {
+        let (section, rest) = key.split_once('_')?;
+        format!("{section}.{rest}")
+    };
+    let first = dotted.split('.').next().unwrap_or("");
+    sections.contains(&first).then_some(dotted)
+}
+
+/// The variables `PREFIX…` in the environment that are neither config keys of `sections` nor
+/// [`NON_CONFIG_ENV`] tool variables.
+pub fn unknown_env_vars(prefix: &str, sections: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| {
+            let Some(rest) = k
+                .get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(prefix))
+                .map(|_| &k[prefix.len()..])
+            else {
+                return false;
+            };
+            let upper = rest.to_ascii_uppercase();
+            let tool = NON_CONFIG_ENV.iter().any(|t| {
+                if t.ends_with('_') {
+                    upper.starts_with(t)
+                } else {
+                    upper == *t
+                }
+            });
+            !tool && env_key(rest, sections).is_none()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Loads `T` from `defaults`, `file` (if given), env vars with `env_prefix` and `sets`. Without
+/// `sections`, `__` separates nesting and every `PREFIX…` variable is read. With `sections`, keys
+/// map through [`env_key`] (`_` or `__` after the section) and any other `PREFIX…` variable that
+/// is not in [`NON_CONFIG_ENV`] is an error naming it.
 pub fn load_layered<T: Serialize + DeserializeOwned>(
     defaults: T,
     file: Option<&Path>,
@@ -63,13 +141,28 @@ pub fn load_layered<T: Serialize + DeserializeOwned>(
         fig = fig.merge(Toml::file_exact(file));
         source_desc = format!(" (file {})", file.display());
     }
-    let mut env = Env::prefixed(env_prefix).split("__");
-    if let Some(sections) = sections {
-        env = env.filter(move |k| {
-            let first = k.as_str().split('.').next().unwrap_or("");
-            sections.iter().any(|s| s.eq_ignore_ascii_case(first))
-        });
-    }
+    let env = match sections {
+        None => Env::prefixed(env_prefix).split("__"),
+        Some(sections) => {
+            let unknown = unknown_env_vars(env_prefix, sections);
+            if !unknown.is_empty() {
+                return Err(ConfigError::UnknownEnv {
+                    names: unknown.join(", "),
+                    prefix: env_prefix.to_string(),
+                    sections: sections.join(", ").to_ascii_uppercase(),
+                    tools: NON_CONFIG_ENV
+                        .iter()
+                        .map(|t| {
+                            format!("{env_prefix}{t}{}", if t.ends_with('_') { "*" } else { "" })
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            Env::prefixed(env_prefix)
+                .filter_map(move |k| env_key(k.as_str(), sections).map(Into::into))
+        }
+    };
     fig = fig.merge(env);
     for s in sets {
         let (key, value) = parse_set(s)?;

@@ -18,11 +18,13 @@ mod layered;
 mod schema;
 
 pub use balora_manifold::{OptionValue, Options};
-pub use layered::{load_layered, parse_set, ConfigError};
+pub use layered::{
+    env_key, load_layered, parse_set, unknown_env_vars, ConfigError, NON_CONFIG_ENV,
+};
 pub use schema::*;
 
 impl JobConfig {
-    /// Environment prefix (`BALORA_TRAINER__LR=1e-4` sets `trainer.lr`).
+    /// Environment prefix (`BALORA_TRAINER_LR=1e-4` or `BALORA_TRAINER__LR=1e-4` sets `trainer.lr`).
     pub const ENV_PREFIX: &'static str = "BALORA_";
 
     /// Defaults < `file` < `BALORA_…` env < `sets` (`key=value`, value parsed as TOML), validated.

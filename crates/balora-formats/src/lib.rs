@@ -10,6 +10,8 @@
 //!   serves GGUF and safetensors checkpoints.
 //! * [`tokenizer_from_gguf`] builds a `tokenizers::Tokenizer` from GGUF metadata;
 //!   [`load_tokenizer_json`] loads a `tokenizer.json`; [`read_hf_config`] parses `config.json`.
+//! * [`atomic`]: crash-safe file writes and folder swaps (temp + `fsync` + rename), used by
+//!   every crate that writes results.
 //!
 //! Every error is a [`FormatError`] naming the file and, where it applies, the tensor, key and shapes.
 //!
@@ -30,6 +32,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod atomic;
 mod config;
 mod error;
 mod gguf;

@@ -66,22 +66,15 @@ pub fn read_safetensors(path: &Path) -> Result<MemWeights, ModelError> {
     Ok(out)
 }
 
-/// Writes `path` atomically (temporary file in the same directory, then rename).
+/// Writes `path` atomically and durably (temporary file, `fsync`, rename, folder `fsync`):
+/// [`balora_formats::atomic::write_atomic`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, e)
+    balora_formats::atomic::write_atomic(path, bytes).map_err(|e| {
+        let path = e.path.clone();
+        ModelError::io(
+            &path,
+            std::io::Error::new(e.source.kind(), format!("{}: {}", e.op, e.source)),
+        )
     })
 }
 

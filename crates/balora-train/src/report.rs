@@ -92,14 +92,10 @@ pub fn write_outputs(
     Ok(vec![summary_path, csv_path, svg_path])
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+/// Writes `path` atomically and durably (temporary file, `fsync`, rename, folder `fsync`):
+/// [`balora_formats::atomic::write_atomic`]. The error names the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    Ok(balora_formats::atomic::write_atomic(path, bytes)?)
 }
 
 fn plot(

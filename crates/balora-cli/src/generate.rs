@@ -2,9 +2,12 @@
 //! PEFT adapter, greedy or sampled, optional ChatML chat template.
 
 use anyhow::{Context, Result};
-use balora_models::generate::{chatml_prompt, generate, GenerateOptions};
+use balora_models::generate::{
+    check_options, check_prompt, chatml_prompt, try_generate, GenerateOptions,
+};
 use balora_models::load::load_causal_lm;
-use balora_models::peft::load_adapter;
+use balora_models::peft::{apply_adapter_tensors, read_adapter};
+use balora_models::validate::check_adapter_pairs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,8 +56,14 @@ pub fn default_model(model: Option<&Path>) -> Result<PathBuf> {
 
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) || a.temperature < 0.0 {
-        anyhow::bail!("--top-p must be in (0, 1] and --temperature ≥ 0");
+    check_options(&GenerateOptions {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        ..GenerateOptions::default()
+    })
+    .map_err(|e| anyhow::anyhow!("--temperature / --top-p: {e}"))?;
+    if a.prompt.is_empty() {
+        anyhow::bail!("--prompt is empty: give some text to continue");
     }
     let path = default_model(a.model.as_deref())?;
     crate::backend::dispatch!(a.backend, |B, device| run_on::<
@@ -71,7 +80,11 @@ fn run_on<B: burn::tensor::backend::Backend>(
     let mut lm =
         load_causal_lm::<B>(path, device).with_context(|| format!("loading {}", path.display()))?;
     if let Some(dir) = &a.adapter {
-        let (m, spec) = load_adapter(lm.model, dir, device)
+        let (spec, w) =
+            read_adapter(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+        // Shapes and finite values before anything runs (a NaN adapter would print nothing).
+        check_adapter_pairs(&w).with_context(|| format!("loading adapter {}", dir.display()))?;
+        let m = apply_adapter_tensors(lm.model, &spec, &w, device)
             .with_context(|| format!("loading adapter {}", dir.display()))?;
         tracing::info!("adapter {} (r = {}) attached", dir.display(), spec.r);
         lm.model = m;
@@ -91,6 +104,7 @@ fn run_on<B: burn::tensor::backend::Backend>(
         .encode(text.as_str(), false)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
     let ids = enc.get_ids().to_vec();
+    check_prompt(&lm.model, &ids).map_err(|e| anyhow::anyhow!("{}: --prompt: {e}", path.display()))?;
     let mut stop = lm.eos_ids.clone();
     if let Some(id) = lm.tokenizer.token_to_id("<|im_end|>") {
         stop.push(id);
@@ -110,7 +124,7 @@ fn run_on<B: burn::tensor::backend::Backend>(
     }
     let t1 = Instant::now();
     let tok = &lm.tokenizer;
-    let new = generate(&lm.model, &ids, &opts, |id| {
+    let new = try_generate(&lm.model, &ids, &opts, |id| {
         out_ids.push(id);
         if let Ok(s) = tok.decode(&out_ids, true) {
             // Print only complete characters (a token may end inside a UTF-8 sequence).
@@ -120,7 +134,8 @@ fn run_on<B: burn::tensor::backend::Backend>(
                 printed = s.len();
             }
         }
-    });
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let secs = t1.elapsed().as_secs_f64();
     if let Ok(s) = tok.decode(&new, true) {
         if s.len() > printed {

@@ -46,6 +46,20 @@ fn to_matrix(
             file.display()
         ),
     };
+    if shape.contains(&0) || shape[0].checked_mul(shape[1]) != Some(vals.len()) {
+        bail!(
+            "{}: tensor `{name}` has shape {shape:?} ({} values); an adapter factor needs both dimensions ≥ 1",
+            file.display(),
+            vals.len()
+        );
+    }
+    if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: tensor `{name}` {shape:?} holds a non-finite value ({} at flat index {i})",
+            file.display(),
+            vals[i]
+        );
+    }
     Ok(DMatrix::from_row_slice(shape[0], shape[1], &vals))
 }
 
@@ -96,6 +110,16 @@ pub fn run(file: &Path, json: bool) -> Result<()> {
         };
         let am = to_matrix(file, &a, &st.tensor(&a)?)?;
         let bm = to_matrix(file, &b, &st.tensor(&b)?)?;
+        if bm.ncols() != am.nrows() {
+            bail!(
+                "{}: adapter `{key}`: `{b}` has shape [{}, {}] but `{a}` has shape [{}, {}]: the ranks differ",
+                file.display(),
+                bm.nrows(),
+                bm.ncols(),
+                am.nrows(),
+                am.ncols()
+            );
+        }
         let grams = PairGrams::from_factors(&am, &bm)
             .with_context(|| format!("{}: adapter `{key}`", file.display()))?;
         rows.push((key, am.nrows(), diagnose(&grams)));

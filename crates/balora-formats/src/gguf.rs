@@ -171,10 +171,24 @@ impl fmt::Debug for GgufFile {
     }
 }
 
+/// How deep metadata arrays may nest (`[[[u8]]]` is depth 3). Real files use depth 1; the
+/// limit keeps a crafted file (a chain of one-element arrays) from overflowing the stack.
+pub const MAX_ARRAY_DEPTH: usize = 8;
+
+/// How many metadata values (array elements included) a file may hold: 16 Mi values, ~50× the
+/// largest tokenizer vocabularies (Llama 3: 128 Ki tokens + 280 Ki merges). Each value takes
+/// 32 bytes in memory, so a crafted file of one-byte array elements cannot make the reader
+/// allocate more than ~512 MiB.
+pub const MAX_METADATA_VALUES: usize = 1 << 24;
+
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Current array nesting depth while reading a metadata value.
+    depth: usize,
+    /// Metadata values read so far (array elements included).
+    values: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -264,11 +278,34 @@ impl<'a> Cursor<'a> {
                         )
                     }
                 };
-                let n = self.count(min, what)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.value(elem, what)?);
+                if elem == 9 && self.depth + 1 >= MAX_ARRAY_DEPTH {
+                    return Err(self.invalid(
+                        what(),
+                        format!("arrays nested deeper than {MAX_ARRAY_DEPTH} levels"),
+                    ));
                 }
+                let n = self.count(min, what)?;
+                self.values = self.values.saturating_add(n);
+                if self.values > MAX_METADATA_VALUES {
+                    return Err(self.invalid(
+                        what(),
+                        format!(
+                            "{n} array elements bring the metadata past {MAX_METADATA_VALUES} values"
+                        ),
+                    ));
+                }
+                let mut v = Vec::with_capacity(n);
+                self.depth += 1;
+                for _ in 0..n {
+                    match self.value(elem, what) {
+                        Ok(x) => v.push(x),
+                        Err(e) => {
+                            self.depth -= 1;
+                            return Err(e);
+                        }
+                    }
+                }
+                self.depth -= 1;
                 GgufValue::Array(elem, v)
             }
             10 => GgufValue::U64(self.u64(what)?),
@@ -298,6 +335,8 @@ impl GgufFile {
             buf: &map,
             pos: 0,
             path: &path,
+            depth: 0,
+            values: 0,
         };
         let header = || "header".to_string();
         let magic: [u8; 4] = c.arr(&header)?;

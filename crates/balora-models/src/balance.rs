@@ -3,6 +3,7 @@
 
 use crate::peft::{read_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::st::{write_atomic, write_safetensors};
+use crate::validate::check_adapter_pairs;
 use crate::weights::Weights;
 use crate::ModelError;
 use balora_manifold::balanced::{balance, Gauge, DEFAULT_RANK_TOL};
@@ -33,13 +34,17 @@ fn imbalance(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
 }
 
 /// Balances every `lora_A`/`lora_B` pair of the adapter in `input` and writes the result (same
-/// config, other tensors unchanged) to `output`.
+/// config, other tensors unchanged) to `output`. The pairs are checked first
+/// ([`check_adapter_pairs`]): a zero dimension, a rank mismatch or a non-finite value is an
+/// error naming the key and shapes.
 pub fn balance_adapter(
     input: &Path,
     output: &Path,
     gauge: Gauge,
 ) -> Result<Vec<BalanceRow>, ModelError> {
     let (_spec, w) = read_adapter(input)?;
+    // Shapes (no zero dimension, matching ranks) and values (finite) before any SVD.
+    check_adapter_pairs(&w)?;
     let file = w.origin();
     let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut rows = Vec::new();

@@ -79,14 +79,33 @@ impl BertConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-12),
         };
-        if cfg.hidden_size.checked_rem(cfg.num_heads) != Some(0) {
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks every setting on its own and against the others before anything is allocated
+    /// from them (see [`crate::validate`]); errors name the `config.json` field.
+    fn validate(&self, origin: &str) -> Result<(), ModelError> {
+        use crate::validate::{check_positive_finite, check_size, MAX_DIM, MAX_LAYERS};
+        check_size(origin, "vocab_size", self.vocab_size, MAX_DIM)?;
+        check_size(origin, "hidden_size", self.hidden_size, MAX_DIM)?;
+        check_size(origin, "num_hidden_layers", self.num_layers, MAX_LAYERS)?;
+        check_size(origin, "num_attention_heads", self.num_heads, MAX_DIM)?;
+        check_size(origin, "intermediate_size", self.intermediate_size, MAX_DIM)?;
+        check_size(origin, "max_position_embeddings", self.max_position, MAX_DIM)?;
+        check_size(origin, "type_vocab_size", self.type_vocab_size, MAX_DIM)?;
+        check_positive_finite(origin, "layer_norm_eps", self.layer_norm_eps)?;
+        if self.hidden_size.checked_rem(self.num_heads) != Some(0) {
             return Err(ModelError::config(
                 origin,
                 "num_attention_heads",
-                "does not divide hidden_size",
+                format!(
+                    "{} does not divide hidden_size = {}",
+                    self.num_heads, self.hidden_size
+                ),
             ));
         }
-        Ok(cfg)
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 //! * [`peft`]: `adapter_model.safetensors` + `adapter_config.json` in PEFT's names and layout
 //!   (q/k adapters of a GGUF base are mapped to Hugging Face's row order).
 //! * [`balance`]: re-factor a saved adapter onto the balanced manifold; [`generate`]: decoding.
+//! * [`validate`]: model settings and tensors checked against each other before allocating.
 
 pub mod balance;
 pub mod bert;
@@ -20,6 +21,7 @@ pub mod load;
 pub mod peft;
 pub mod st;
 pub mod surgery;
+pub mod validate;
 pub mod weights;
 
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel, Pooling};

@@ -3,6 +3,7 @@
 
 use crate::bert::{BertConfig, BertModel};
 use crate::llama::{GgufAsHf, LlamaConfig, LlamaForCausalLm};
+use crate::validate::{check_finite, check_layer_count};
 use crate::weights::Weights;
 use crate::ModelError;
 use balora_formats::{
@@ -13,7 +14,9 @@ use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
-/// Any `balora-formats` tensor source seen as [`Weights`].
+/// Any `balora-formats` tensor source seen as [`Weights`]. Every tensor is checked to be
+/// finite as it is read ([`crate::validate::check_finite`]: a NaN or ±∞ weight is an error
+/// naming the tensor); the check costs ~1 % of a SmolLM2 load (see docs/robustness.md).
 pub struct SourceWeights<'a>(pub &'a dyn TensorSource);
 
 impl Weights for SourceWeights<'_> {
@@ -30,12 +33,29 @@ impl Weights for SourceWeights<'_> {
                 tensor: name.to_string(),
             });
         }
-        let t = self.0.load(name).map_err(|e| ModelError::Format {
-            file: self.origin(),
-            message: e.to_string(),
-        })?;
+        let t = self.0.load(name).map_err(|e| fmt_err(self.0.path(), e))?;
+        check_finite(&self.origin(), name, &t.shape, &t.data)?;
         Ok((t.shape, t.data))
     }
+}
+
+/// The tokenizer's ids must index the embedding: a tokenizer with more tokens than the model
+/// has rows would hand the model ids it cannot embed.
+fn check_tokenizer_vocab(
+    tokenizer: &Tokenizer,
+    vocab: usize,
+    tfile: &Path,
+    field: &str,
+) -> Result<(), ModelError> {
+    let n = tokenizer.get_vocab_size(true);
+    if n > vocab {
+        return Err(ModelError::config(
+            &tfile.display().to_string(),
+            field,
+            format!("the tokenizer has {n} tokens but the model's embedding has only {vocab} rows (token ids must be < {vocab})"),
+        ));
+    }
+    Ok(())
 }
 
 fn fmt_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
@@ -101,9 +121,17 @@ pub fn load_llama_gguf<B: Backend>(
             .and_then(|v| v.as_float().or_else(|| v.as_int().map(|i| i as f64)))
     };
     let config = LlamaConfig::from_gguf(&num, &arch, vocab, tied, &origin)?;
+    check_layer_count(
+        &origin,
+        &format!("{arch}.block_count"),
+        config.num_layers,
+        &names,
+        "blk.",
+    )?;
+    let tokenizer = tokenizer_from_gguf(&file).map_err(|e| fmt_err(path, e))?;
+    check_tokenizer_vocab(&tokenizer, config.vocab_size, path, "tokenizer.ggml.tokens")?;
     let src = SourceWeights(&file);
     let model = LlamaForCausalLm::load(&config, &GgufAsHf(&src), device)?;
-    let tokenizer = tokenizer_from_gguf(&file).map_err(|e| fmt_err(path, e))?;
     let eos_ids = file
         .get("tokenizer.ggml.eos_token_id")
         .and_then(|v| v.as_int())
@@ -132,9 +160,17 @@ pub fn load_llama_hf_dir<B: Backend>(
     let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
     let config = LlamaConfig::from_hf_json(&cfg_json, &cpath.display().to_string())?;
     let files = safetensors_in(dir)?;
-    let model = LlamaForCausalLm::load(&config, &SourceWeights(&files), device)?;
+    check_layer_count(
+        &cpath.display().to_string(),
+        "num_hidden_layers",
+        config.num_layers,
+        &files.names(),
+        "model.layers.",
+    )?;
     let tpath = dir.join("tokenizer.json");
     let tokenizer = load_tokenizer_json(&tpath).map_err(|e| fmt_err(&tpath, e))?;
+    check_tokenizer_vocab(&tokenizer, config.vocab_size, &tpath, "vocab")?;
+    let model = LlamaForCausalLm::load(&config, &SourceWeights(&files), device)?;
     let eos_ids = match cfg_json.get("eos_token_id") {
         Some(serde_json::Value::Number(n)) => {
             n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
@@ -173,8 +209,22 @@ pub fn load_bert_hf_dir<B: Backend>(
     let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
     let config = BertConfig::from_hf_json(&cfg_json, &cpath.display().to_string())?;
     let files = safetensors_in(dir)?;
-    let model = BertModel::load(&config, &SourceWeights(&files), device)?;
+    let names = files.names();
+    let prefix = if names.iter().any(|n| n.starts_with("bert.encoder.layer.")) {
+        "bert.encoder.layer."
+    } else {
+        "encoder.layer."
+    };
+    check_layer_count(
+        &cpath.display().to_string(),
+        "num_hidden_layers",
+        config.num_layers,
+        &names,
+        prefix,
+    )?;
     let tpath = dir.join("tokenizer.json");
     let tokenizer = load_tokenizer_json(&tpath).map_err(|e| fmt_err(&tpath, e))?;
+    check_tokenizer_vocab(&tokenizer, config.vocab_size, &tpath, "vocab")?;
+    let model = BertModel::load(&config, &SourceWeights(&files), device)?;
     Ok((model, config, tokenizer))
 }

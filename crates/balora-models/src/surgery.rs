@@ -220,6 +220,7 @@ pub fn attach<B: Backend, M: AdapterHost<B>>(
     device: &B::Device,
 ) -> Result<(M, TrainableSummary), ModelError> {
     let init = spec.init()?;
+    crate::validate::check_adapter_ranks(&model, spec)?;
     let save = spec.modules_to_save.clone().unwrap_or_default();
     let infos: Vec<LinearInfo> = model.linears().into_iter().map(|(i, _)| i).collect();
     let mut plan: Vec<Option<LoraConfig>> = Vec::with_capacity(infos.len());

@@ -1,6 +1,6 @@
 //! Exporting a model's (possibly merged) weights under Hugging Face names and layout.
 
-use crate::bert::BertModel;
+use crate::bert::{BertForSequenceClassification, BertModel};
 use crate::host::AdapterHost;
 use crate::llama::{permute_rows, LlamaForCausalLm};
 use crate::weights::to_vec;
@@ -123,5 +123,16 @@ pub fn bert_hf_tensors<B: Backend>(m: &BertModel<B>, prefix: &str) -> Vec<NamedT
             &l.output.layer_norm,
         );
     }
+    out
+}
+
+/// Every weight of a BERT classifier in Hugging Face `BertForSequenceClassification` names
+/// (`bert.…` and `classifier.weight`/`.bias`). balora's head reads the pooled hidden state
+/// directly, so there is no `bert.pooler.*` to write.
+pub fn bert_classifier_hf_tensors<B: Backend>(
+    m: &BertForSequenceClassification<B>,
+) -> Vec<NamedTensor> {
+    let mut out = bert_hf_tensors(&m.bert, "bert.");
+    linear(&mut out, "classifier", &m.classifier, None);
     out
 }

@@ -1,7 +1,8 @@
 //! Checkpoints: trainable parameters (adapters + `modules_to_save`), optimizer state, trainer
-//! state (step, scheduler, RNG seed, data position). Written into a temporary directory and
-//! renamed into place, so a crash mid-write leaves the previous checkpoint intact; the last N
-//! are kept.
+//! state (step, scheduler, RNG seed, data position), and a manifest with every file's size and
+//! SHA-256, written last. The folder is built next to its destination and swapped in
+//! atomically, so a crash mid-write leaves the previous checkpoints intact; loading verifies the
+//! manifest, and [`Checkpoint::latest_intact`] falls back past damaged ones. The last N are kept.
 
 use balora_adapter::{collect_params, replace_params};
 use balora_data::LoaderState;
@@ -220,29 +221,130 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, TensorData)>, Checkp
 
 const PREFIX: &str = "checkpoint-";
 
+/// The manifest, written last into a checkpoint: every other file with its size and SHA-256.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Files of a checkpoint besides the manifest.
+pub const CHECKPOINT_FILES: [&str; 3] =
+    ["params.safetensors", "optimizer.safetensors", "state.json"];
+
+/// One file entry of [`MANIFEST`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// File name inside the checkpoint folder.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Directory name of the checkpoint at `step`.
 pub fn checkpoint_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("{PREFIX}{step:08}"))
 }
 
-/// Complete checkpoints under `root`, oldest first (temporary directories are ignored).
+/// Checkpoint folders under `root` by name (`checkpoint-<step>`), oldest first; intact or not
+/// (see [`verify`]); temporary and staging folders are not listed.
 pub fn list_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
     let Ok(rd) = std::fs::read_dir(root) else {
         return Vec::new();
     };
     let mut v: Vec<(u64, PathBuf)> = rd
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let step = name.strip_prefix(PREFIX)?.parse::<u64>().ok()?;
-            e.path()
-                .join("state.json")
-                .exists()
-                .then(|| (step, e.path()))
+            Some((step, e.path()))
         })
         .collect();
     v.sort();
     v
+}
+
+/// Checks that the checkpoint in `dir` is complete: its [`MANIFEST`] parses and lists every
+/// checkpoint file, and each file has the recorded size and SHA-256.
+pub fn verify(dir: &Path) -> Result<(), CheckpointError> {
+    let mp = dir.join(MANIFEST);
+    let bad = |message: String| CheckpointError::Bad {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(&mp).map_err(|e| {
+        bad(format!(
+            "no readable {MANIFEST} ({e}): the write did not finish"
+        ))
+    })?;
+    let entries: Vec<ManifestEntry> =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST}: {e}")))?;
+    for name in CHECKPOINT_FILES {
+        let Some(entry) = entries.iter().find(|e| e.name == name) else {
+            return Err(bad(format!("{MANIFEST} does not list {name}")));
+        };
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| bad(format!("{name}: {e}")))?;
+        if bytes.len() as u64 != entry.bytes {
+            return Err(bad(format!(
+                "{name} has {} bytes, the manifest records {}",
+                bytes.len(),
+                entry.bytes
+            )));
+        }
+        let h = sha256_hex(&bytes);
+        if h != entry.sha256 {
+            return Err(bad(format!(
+                "{name}: SHA-256 {h} differs from the manifest's {}",
+                entry.sha256
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes leftovers of interrupted saves under `root` (`.tmp-checkpoint-*` from older versions,
+/// `.checkpoint-*.staging-*` / `.checkpoint-*.old-*` folders); returns what was removed. Call it
+/// only while holding the run folder (no other writer).
+pub fn clean_stale(root: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let stale = name.starts_with(&format!(".tmp-{PREFIX}"))
+            || (name.starts_with(&format!(".{PREFIX}"))
+                && (name.contains(".staging-")
+                    || name.contains(".old-")
+                    || name.contains(".tmp-")));
+        if stale {
+            let p = e.path();
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if gone.is_ok() {
+                removed.push(p);
+            }
+        }
+    }
+    removed
+}
+
+fn atomic_err(e: balora_formats::atomic::AtomicError) -> CheckpointError {
+    CheckpointError::Io {
+        path: e.path.clone(),
+        source: e.into(),
+    }
 }
 
 impl Checkpoint {
@@ -252,6 +354,11 @@ impl Checkpoint {
     }
 
     /// [`save`](Self::save), failing after writing `fail_after` files (tests of atomicity).
+    ///
+    /// The files are written into a staging folder next to the destination, the [`MANIFEST`]
+    /// (sizes and SHA-256 of the others) last; the folder is `fsync`ed and swapped in
+    /// ([`balora_formats::atomic::replace_dir`]). Then older checkpoints beyond `keep` are
+    /// removed; checkpoints of later steps (which a resumed run will rewrite) are left alone.
     #[doc(hidden)]
     pub fn save_with_fault(
         &self,
@@ -259,56 +366,69 @@ impl Checkpoint {
         keep: usize,
         fail_after: Option<usize>,
     ) -> Result<PathBuf, CheckpointError> {
-        std::fs::create_dir_all(root).map_err(io(root))?;
+        use balora_formats::atomic::{create_dir_all_synced, replace_dir, staging_dir};
+        create_dir_all_synced(root).map_err(atomic_err)?;
         let final_dir = checkpoint_dir(root, self.state.step);
-        let tmp = root.join(format!(
-            ".tmp-{PREFIX}{:08}-{}",
-            self.state.step,
-            std::process::id()
-        ));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let mut written = 0usize;
-        let check = |written: &mut usize| -> Result<(), CheckpointError> {
-            *written += 1;
-            if fail_after.is_some_and(|n| *written > n) {
-                return Err(CheckpointError::Io {
+        let tmp = staging_dir(&final_dir).map_err(atomic_err)?;
+        let result = (|| {
+            let mut written = 0usize;
+            let check = |written: &mut usize| -> Result<(), CheckpointError> {
+                *written += 1;
+                if fail_after.is_some_and(|n| *written > n) {
+                    return Err(CheckpointError::Io {
+                        path: tmp.clone(),
+                        source: std::io::Error::other("injected failure"),
+                    });
+                }
+                Ok(())
+            };
+            check(&mut written)?;
+            write_safetensors(&tmp.join("params.safetensors"), &self.params, None)?;
+            check(&mut written)?;
+            write_safetensors(&tmp.join("optimizer.safetensors"), &self.optimizer, None)?;
+            check(&mut written)?;
+            let json =
+                serde_json::to_string_pretty(&self.state).map_err(|e| CheckpointError::Bad {
                     path: tmp.clone(),
-                    source: std::io::Error::other("injected failure"),
+                    message: e.to_string(),
+                })?;
+            let sp = tmp.join("state.json");
+            std::fs::write(&sp, json.as_bytes()).map_err(io(&sp))?;
+            check(&mut written)?;
+            let mut entries = Vec::new();
+            for name in CHECKPOINT_FILES {
+                let p = tmp.join(name);
+                let bytes = std::fs::read(&p).map_err(io(&p))?;
+                entries.push(ManifestEntry {
+                    name: name.to_string(),
+                    bytes: bytes.len() as u64,
+                    sha256: sha256_hex(&bytes),
                 });
             }
-            Ok(())
-        };
-        check(&mut written)?;
-        write_safetensors(&tmp.join("params.safetensors"), &self.params, None)?;
-        check(&mut written)?;
-        write_safetensors(&tmp.join("optimizer.safetensors"), &self.optimizer, None)?;
-        check(&mut written)?;
-        let json = serde_json::to_string_pretty(&self.state).map_err(|e| CheckpointError::Bad {
-            path: tmp.clone(),
-            message: e.to_string(),
-        })?;
-        let sp = tmp.join("state.json");
-        let mut f = std::fs::File::create(&sp).map_err(io(&sp))?;
-        f.write_all(json.as_bytes()).map_err(io(&sp))?;
-        f.sync_all().map_err(io(&sp))?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+            let mp = tmp.join(MANIFEST);
+            let text = serde_json::to_string_pretty(&entries).unwrap_or_default();
+            std::fs::write(&mp, text.as_bytes()).map_err(io(&mp))?;
+            replace_dir(&tmp, &final_dir).map_err(atomic_err)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        let all = list_checkpoints(root);
-        if all.len() > keep {
-            for (_, old) in &all[..all.len() - keep] {
-                std::fs::remove_dir_all(old).map_err(io(old))?;
-            }
+        let older: Vec<PathBuf> = list_checkpoints(root)
+            .into_iter()
+            .filter(|(s, _)| *s < self.state.step)
+            .map(|(_, p)| p)
+            .collect();
+        let excess = (older.len() + 1).saturating_sub(keep.max(1));
+        for old in older.iter().take(excess) {
+            std::fs::remove_dir_all(old).map_err(io(old))?;
         }
         Ok(final_dir)
     }
 
-    /// Loads the checkpoint in `dir`.
+    /// Loads the checkpoint in `dir` after [`verify`]ing it.
     pub fn load(dir: &Path) -> Result<Self, CheckpointError> {
+        verify(dir)?;
         let sp = dir.join("state.json");
         let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
         let state: TrainerState =
@@ -323,12 +443,22 @@ impl Checkpoint {
         })
     }
 
-    /// The newest complete checkpoint under `root`, if any.
-    pub fn latest(root: &Path) -> Result<Option<Self>, CheckpointError> {
-        match list_checkpoints(root).last() {
-            Some((_, dir)) => Self::load(dir).map(Some),
-            None => Ok(None),
+    /// The newest intact checkpoint under `root`, if any, with the newer ones that failed to
+    /// verify or load (folder and reason), newest first.
+    pub fn latest_intact(root: &Path) -> (Option<(PathBuf, Self)>, Vec<(PathBuf, String)>) {
+        let mut skipped = Vec::new();
+        for (_, dir) in list_checkpoints(root).into_iter().rev() {
+            match Self::load(&dir) {
+                Ok(ck) => return (Some((dir, ck)), skipped),
+                Err(e) => skipped.push((dir, e.to_string())),
+            }
         }
+        (None, skipped)
+    }
+
+    /// The newest intact checkpoint under `root`, if any (see [`latest_intact`](Self::latest_intact)).
+    pub fn latest(root: &Path) -> Result<Option<Self>, CheckpointError> {
+        Ok(Self::latest_intact(root).0.map(|(_, c)| c))
     }
 }
 

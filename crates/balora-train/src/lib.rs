@@ -11,12 +11,14 @@ pub mod checkpoint;
 pub mod loss;
 pub mod plot;
 pub mod report;
+mod runstate;
 mod schedule;
 mod stepper;
 pub mod synthetic;
 pub mod tiny;
 mod trainer;
 
+pub use runstate::{PROGRESS_EVERY_S, PROGRESS_EVERY_STEPS};
 pub use schedule::LrSchedule;
 pub use stepper::{StepReport, TrainError, TrainStepper};
 pub use trainer::{

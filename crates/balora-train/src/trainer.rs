@@ -1,8 +1,11 @@
 //! The fine-tuning loop: micro-batches → accumulated gradients → clipping → [`TrainStepper`]
 //! (optimizer step, then the manifold hook) → metrics, evaluation, checkpoints.
 
-use crate::checkpoint::{load_trainable_params, trainable_params, Checkpoint, TrainerState};
+use crate::checkpoint::{
+    checkpoint_dir, load_trainable_params, trainable_params, Checkpoint, TrainerState,
+};
 use crate::loss::BatchLoss;
+use crate::runstate::{MetricsFile, Progress};
 use crate::schedule::LrSchedule;
 use crate::{TrainError, TrainStepper};
 use balora_adapter::collect_params;
@@ -14,8 +17,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Device of backend `B`.
@@ -109,6 +112,11 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) after this step although the schedule runs to `steps`
     /// (an interruption; used by tests and time budgets).
     pub stop_after: Option<u64>,
+    /// Checked between steps: once set (e.g. by a SIGINT/SIGTERM handler), the run writes a
+    /// checkpoint of the last finished step and returns with [`TrainOutcome::interrupted`].
+    pub stop: Option<&'static AtomicBool>,
+    /// Resume although the checkpoint's method, steps, lr, warmup or seed differ from this run's.
+    pub allow_config_change: bool,
 }
 
 /// What a run produced.
@@ -126,6 +134,8 @@ pub struct TrainOutcome<M> {
     pub hook_s: f64,
     /// Tokens trained on.
     pub tokens: u64,
+    /// Set when [`RunOptions::stop`] ended the run early: the step of the checkpoint written.
+    pub interrupted: Option<u64>,
 }
 
 impl<M> TrainOutcome<M> {
@@ -231,68 +241,13 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     norm
 }
 
-/// Appends records to `metrics.jsonl`.
-struct MetricsFile {
-    file: Option<std::fs::File>,
-}
-
-impl MetricsFile {
-    fn open(out: Option<&Path>, keep_up_to: Option<u64>) -> Result<Self, TrainError> {
-        let Some(dir) = out else {
-            return Ok(Self { file: None });
-        };
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::Io(dir.display().to_string(), e))?;
-        let path = dir.join("metrics.jsonl");
-        // On resume, drop records past the checkpoint (they will be produced again).
-        let kept: String = match keep_up_to {
-            Some(step) if path.exists() => std::fs::read_to_string(&path)
-                .map_err(|e| TrainError::Io(path.display().to_string(), e))?
-                .lines()
-                .filter(|l| serde_json::from_str::<MetricRecord>(l).is_ok_and(|r| r.step <= step))
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            _ => String::new(),
-        };
-        crate::report::write_atomic(&path, kept.as_bytes())
-            .map_err(|e| TrainError::Io(path.display().to_string(), e))?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| TrainError::Io(path.display().to_string(), e))?;
-        Ok(Self { file: Some(file) })
-    }
-
-    fn write(&mut self, r: &MetricRecord) {
-        if let Some(f) = &mut self.file {
-            if let Ok(line) = serde_json::to_string(r) {
-                if let Err(e) = writeln!(f, "{line}") {
-                    tracing::warn!("cannot append to metrics.jsonl: {e}");
-                }
-            }
-        }
-    }
-}
-
-fn progress_bar(total: u64, start: u64, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < ETA {eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_position(start);
-    pb
-}
-
 /// Trains `model` with `stepper` on `data` per `cfg`: gradient accumulation, global-norm
 /// clipping, the lr schedule, evaluation every `eval_every` steps and at the end, metrics,
-/// checkpoints every `checkpoint_every` steps and at the end, and resume from the newest
-/// checkpoint when `cfg.resume` (continuing exactly: same data order, dropout seeds,
-/// optimizer state and schedule).
+/// checkpoints every `checkpoint_every` steps, at the end and when [`RunOptions::stop`] is set,
+/// and resume from the newest intact checkpoint when `cfg.resume` (continuing exactly: same data
+/// order, dropout seeds, optimizer state and schedule). With an output folder, a fresh run refuses
+/// existing checkpoints, and `cfg.resume` without an intact checkpoint, or with another method,
+/// steps, lr, warmup or seed (unless [`RunOptions::allow_config_change`]), is an error.
 pub fn train<B, M>(
     mut model: M,
     stepper: &mut TrainStepper<B>,
@@ -321,34 +276,33 @@ where
     let mut start = 0u64;
     let mut tokens = 0u64;
     let mut elapsed0 = 0.0;
-    if cfg.resume {
-        if let Some(root) = &ckpt_root {
-            if let Some(ck) = Checkpoint::latest(root)? {
-                if ck.state.method != opts.method {
-                    return Err(TrainError::Data(format!(
-                        "cannot resume: the checkpoint in {} was written by method `{}`, this run is `{}`",
-                        root.display(),
-                        ck.state.method,
-                        opts.method
-                    )));
-                }
-                model = load_trainable_params(model, &ck.params, root)?;
-                stepper
-                    .driver_mut()
-                    .inner
-                    .load_state(ck.optimizer, device)?;
-                stepper.set_steps(ck.state.step);
-                loader.restore(ck.state.loader);
-                start = ck.state.step;
-                tokens = ck.state.tokens;
-                elapsed0 = ck.state.elapsed_s;
-                tracing::info!(step = start, "resumed from {}", root.display());
-            }
+    if cfg.resume && ckpt_root.is_none() {
+        return Err(TrainError::Data(
+            "trainer.resume = true needs a run folder (RunOptions::out_dir)".into(),
+        ));
+    }
+    if let Some(root) = &ckpt_root {
+        let prepared = crate::runstate::prepare(root, cfg, &opts.method, opts.allow_config_change)?;
+        if let Some(r) = prepared {
+            let ck = r.checkpoint;
+            model = load_trainable_params(model, &ck.params, &r.dir)?;
+            stepper
+                .driver_mut()
+                .inner
+                .load_state(ck.optimizer, device)?;
+            stepper.set_steps(ck.state.step);
+            loader.restore(ck.state.loader);
+            start = ck.state.step;
+            tokens = ck.state.tokens;
+            elapsed0 = ck.state.elapsed_s;
+            tracing::info!(step = start, "resumed from {}", r.dir.display());
         }
     }
     let mut metrics = MetricsFile::open(opts.out_dir.as_deref(), cfg.resume.then_some(start))?;
     let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let pb = progress_bar(cfg.steps, start, cfg.progress);
+    let mut progress = Progress::new(cfg.steps, start, cfg.progress);
+    let pb = progress.bar.clone();
+    let mut interrupted = None;
     let mut history = Vec::new();
     let mut train_s = 0.0;
     let mut hook_s = 0.0;
@@ -422,6 +376,27 @@ where
         }
     }
     for step in start + 1..=end {
+        if opts.stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            let done = step - 1;
+            let have = ckpt_root.as_ref().is_some_and(|r| {
+                checkpoint_dir(r, done)
+                    .join(crate::checkpoint::MANIFEST)
+                    .exists()
+            });
+            if !have {
+                save(
+                    &model,
+                    stepper,
+                    done,
+                    &loader,
+                    tokens,
+                    elapsed0 + train_s,
+                    last_lr,
+                )?;
+            }
+            interrupted = Some(done);
+            break;
+        }
         let t0 = Instant::now();
         // Dropout masks depend only on (seed, step): resumable without saving backend RNG state.
         B::seed(device, cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step);
@@ -481,11 +456,15 @@ where
         };
         metrics.write(&rec);
         history.push(rec);
-        pb.set_position(step);
-        pb.set_message(format!(
-            "loss {loss_sum:.4}  lr {lr:.2e}  {:.0} tok/s",
-            tokens as f64 / (elapsed0 + train_s).max(1e-9)
-        ));
+        progress.step(
+            step,
+            format!(
+                "loss {loss_sum:.4}  lr {lr:.2e}  {:.0} tok/s",
+                tokens as f64 / (elapsed0 + train_s).max(1e-9)
+            ),
+            train_s,
+            step - start,
+        );
         let last = step == cfg.steps;
         if (cfg.eval_every > 0 && step % cfg.eval_every == 0) || last {
             if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s) {
@@ -523,5 +502,6 @@ where
         train_s,
         hook_s,
         tokens,
+        interrupted,
     })
 }

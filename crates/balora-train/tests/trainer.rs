@@ -187,6 +187,7 @@ fn resume_continues_exactly() {
         out_dir: Some(d.to_path_buf()),
         method: "balora".into(),
         stop_after: stop,
+        ..Default::default()
     };
     let full = train(
         model(5, 0.1),

@@ -5,6 +5,7 @@
 //!   `target/conformance/matrix.json`, `--record` also writes it into `docs/backends.md`).
 //! * `setup tch`: PyTorch 2.9.0 (the libtorch of burn-tch 0.21) into a venv under `target/`.
 //! * `bench-backends`: the synthetic experiment's training time per backend, ratios to ndarray.
+//! * `peft-roundtrip`: balora adapters loaded by real PEFT, outputs and merges compared.
 //! * `assets`: `balora assets` (downloads/caches the small real assets tests use).
 //! * `docs`: rustdoc with broken intra-doc links denied, the docs/ pages' links, doctests.
 //! * `test`: what CI runs (fmt, workspace tests, conformance on ndarray+flex+wgpu, cuda build, clippy,
@@ -13,6 +14,7 @@
 //! Deliberately light: it depends on no part of burn and only drives cargo.
 
 mod bench_torch;
+mod peft_roundtrip;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -102,6 +104,9 @@ enum Cmd {
         #[arg(long)]
         record: bool,
     },
+    /// balora adapters (plain and balanced) loaded by real PEFT: outputs and `balora merge`
+    /// compared with PyTorch's; needs `cargo xtask setup bench`.
+    PeftRoundtrip,
     /// Fetch the small real assets (`balora assets`).
     Assets {
         /// Passed to `balora assets`.
@@ -235,6 +240,7 @@ fn main() {
                 record,
             })
         }),
+        Cmd::PeftRoundtrip => x.peft_roundtrip(),
         Cmd::Assets { args } => x.assets(&args),
         Cmd::Docs { no_doctests } => x.docs(!no_doctests),
         Cmd::Test { no_wgpu } => x.test(!no_wgpu),

@@ -8,6 +8,9 @@
 //! * a deterministic seeded split and shuffle, and padded batches with attention masks
 //!   ([`Loader`], whose position is saved in checkpoints).
 //!
+//! [`Dataset::check_fits`] checks the data against the model (ids below the vocabulary size,
+//! `data.seq_len` within the context) before any batch is built.
+//!
 //! Malformed lines are reported with file and line number; above `max_bad_fraction` of bad
 //! lines the load fails, so a run never silently drops most of a dataset.
 //!
@@ -22,9 +25,11 @@
 //! ```
 
 mod batch;
+mod fit;
 mod load;
 mod template;
 
 pub use batch::{Batch, Example, Loader, LoaderState, IGNORE_INDEX};
+pub use fit::ModelLimits;
 pub use load::{load_dataset, DataError, Dataset, Encoder, LineSource};
 pub use template::{ChatMessage, ChatTemplate};

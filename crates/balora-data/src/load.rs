@@ -55,6 +55,14 @@ pub enum DataError {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The data does not fit the model (see [`Dataset::check_fits`]).
+    #[error("{}: {reason}", path.display())]
+    DoesNotFit {
+        /// Data file.
+        path: PathBuf,
+        /// Which id, example or setting, and the model's limit.
+        reason: String,
+    },
 }
 
 /// A tokenizer plus the special ids the data pipeline needs.
@@ -218,6 +226,12 @@ fn text_chunks(
     } else {
         text
     };
+    if cfg.seq_len == 0 {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            reason: "data.seq_len = 0: sequences need at least one token".into(),
+        });
+    }
     let ids = encoder.encode(text, false)?;
     let chunks: Vec<Example> = ids
         .chunks_exact(cfg.seq_len)

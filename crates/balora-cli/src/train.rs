@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use balora_config::{JobConfig, ModelFamily};
-use balora_data::{load_dataset, Dataset, Encoder};
+use balora_data::{load_dataset, Dataset, Encoder, ModelLimits};
 use balora_models::peft::{save_adapter, AdapterMeta};
 use balora_models::surgery::{attach, summary, AdapterSpec, LayerSelector, ModuleSelector};
 use balora_models::{BertForSequenceClassification, LlamaForCausalLm, Pooling};
@@ -103,20 +103,31 @@ pub fn load_base<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Base<B>, Dataset)> {
     let t0 = Instant::now();
-    let (base, tokenizer) = match cfg.model.family {
+    let (base, tokenizer, limits) = match cfg.model.family {
         ModelFamily::Llama => {
             let lm = balora_models::load::load_causal_lm::<B>(&res.model_path, device)
                 .with_context(|| format!("loading {}", res.model_path.display()))?;
-            (Base::Llama(lm.model), lm.tokenizer)
+            let limits = ModelLimits {
+                vocab_size: lm.config.vocab_size,
+                context: lm.config.max_position,
+                num_labels: None,
+            };
+            (Base::Llama(lm.model), lm.tokenizer, limits)
         }
         ModelFamily::Bert => {
-            let (bert, _c, tok) =
+            let (bert, c, tok) =
                 balora_models::load::load_bert_hf_dir::<B>(&res.model_path, device)?;
             let classes = cfg.model.num_labels.unwrap_or(2);
+            let limits = ModelLimits {
+                vocab_size: c.vocab_size,
+                context: c.max_position,
+                num_labels: Some(classes),
+            };
             B::seed(device, cfg.trainer.seed);
             (
                 Base::Bert(BertForSequenceClassification::new(bert, classes, Pooling::Cls, device)),
                 tok,
+                limits,
             )
         }
         ModelFamily::Tiny => bail!(
@@ -130,6 +141,7 @@ pub fn load_base<B: AutodiffBackend>(
     };
     let encoder = Encoder::new(tokenizer);
     let data = load_dataset(&cfg.data, &res.data_path, &encoder, cfg.trainer.seed)?;
+    data.check_fits(&res.data_path, cfg.data.seq_len, limits)?;
     tracing::info!(
         "loaded {} and {} ({} train / {} validation sequences) in {:.1}s",
         res.model_path.display(),

@@ -1,6 +1,7 @@
-//! Built-in optimizers: SGD (momentum), AdamW (with optional first-moment transport), sign descent.
+//! Built-in optimizers: SGD (momentum), AdamW (with optional moment transport), sign descent.
 
 use crate::rules::{adamw_update, sgd_update, sign_update, AdamWParams, StateStore};
+use crate::transport::{transport_adam, transport_first_moments, MomentKind, TransportMode};
 use crate::{
     AdapterOptimizer, GaugeTransform, OptimError, OptimizerEntry, OptimizerFactory, Options,
     PairStep,
@@ -13,76 +14,20 @@ pub fn factor_keys(key: &str) -> (String, String) {
     (format!("{key}.lora_a"), format!("{key}.lora_b"))
 }
 
-/// Uploads an r×r host matrix (f64) as an f32 tensor.
-pub fn upload<B: Backend>(m: &balora_manifold::DMatrix<f64>, device: &B::Device) -> Tensor<B, 2> {
-    let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-    Tensor::from_data(TensorData::new(rows, [m.nrows(), m.ncols()]), device)
-}
-
-/// How a state buffer changes when the manifold re-factors `(A, B) → (Q·A, B·P)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MomentKind {
-    /// The buffer is a running average of raw gradients (AdamW's `m`, SGD's momentum), which
-    /// transform like gradients: `m_A ← Pᵀ·m_A`, `m_B ← m_B·Qᵀ`.
-    Gradient,
-    /// The buffer is a running average of *update directions that transform like the factors
-    /// themselves*: `m_A ← Q·m_A`, `m_B ← m_B·P`. Riemannian-preconditioned gradients
-    /// `(BᵀB)⁻¹∇A`, `∇B(AAᵀ)⁻¹` are of this kind (exactly for δ = 0).
-    Factor,
-}
-
-/// Carries buffer `buf` of adapter `key`'s two factor slots into the new gauge (see [`MomentKind`]).
-/// Slots that do not exist yet (no step taken) are left alone.
-pub fn transport_buffers<B: Backend>(
-    store: &mut StateStore<B>,
-    key: &str,
-    t: &GaugeTransform,
-    buf: usize,
-    kind: MomentKind,
-) {
-    let r = t.p.nrows();
-    let (ka, kb) = factor_keys(key);
-    let (left_a, right_b) = match kind {
-        MomentKind::Gradient => (t.p.transpose(), t.q.transpose()),
-        MomentKind::Factor => (t.q.clone(), t.p.clone()),
-    };
-    if let Some(slot) = store.slots.get_mut(&ka) {
-        let m = slot.bufs[buf].clone();
-        let n = m.dims()[0];
-        let left = upload::<B>(&left_a, &m.device());
-        slot.bufs[buf] = left.matmul(m.reshape([r, n / r])).reshape([n]);
-    }
-    if let Some(slot) = store.slots.get_mut(&kb) {
-        let m = slot.bufs[buf].clone();
-        let n = m.dims()[0];
-        let right = upload::<B>(&right_b, &m.device());
-        slot.bufs[buf] = m.reshape([n / r, r]).matmul(right).reshape([n]);
-    }
-}
-
-/// Carries a first-moment buffer of A (`m_A ← Pᵀ·m_A`) or B (`m_B ← m_B·Qᵀ`) into new coordinates.
-pub fn transport_first_moments<B: Backend>(
-    store: &mut StateStore<B>,
-    key: &str,
-    t: &GaugeTransform,
-    buf: usize,
-) {
-    transport_buffers(store, key, t, buf, MomentKind::Gradient);
-}
-
-/// AdamW (decoupled weight decay). Option `transport`: carry first moments across re-factorisations.
+/// AdamW (decoupled weight decay). Option `transport`: carry the moments across
+/// re-factorisations (see [`TransportMode`]).
 #[derive(Debug, Clone)]
 pub struct AdamW<B: Backend> {
     /// Hyper-parameters.
     pub hp: AdamWParams,
-    /// Transport first moments when the manifold re-factors.
-    pub transport: bool,
+    /// What is carried into the new gauge when the manifold re-factors.
+    pub transport: TransportMode,
     store: StateStore<B>,
 }
 
 impl<B: Backend> AdamW<B> {
     /// A fresh optimizer.
-    pub fn new(hp: AdamWParams, transport: bool) -> Self {
+    pub fn new(hp: AdamWParams, transport: TransportMode) -> Self {
         Self {
             hp,
             transport,
@@ -143,10 +88,18 @@ impl<B: Backend> AdapterOptimizer<B> for AdamW<B> {
     fn step_param(&mut self, key: &str, lr: f64, v: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
         adamw_update(&mut self.store, key, &self.hp, lr, v, g)
     }
+    fn moment_transport(&self) -> Option<TransportMode> {
+        Some(self.transport)
+    }
     fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        if self.transport {
-            transport_first_moments(&mut self.store, key, t, 0);
-        }
+        transport_adam(
+            &mut self.store,
+            key,
+            t,
+            (0, 1),
+            MomentKind::Gradient,
+            self.transport,
+        );
     }
     fn state(&self) -> Vec<(String, TensorData)> {
         self.store.export()
@@ -206,6 +159,14 @@ impl<B: Backend> AdapterOptimizer<B> for Sgd<B> {
             v,
             g,
         )
+    }
+    fn moment_transport(&self) -> Option<TransportMode> {
+        let first = if self.transport {
+            TransportMode::First
+        } else {
+            TransportMode::Off
+        };
+        (self.momentum != 0.0).then_some(first)
     }
     fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
         if self.transport {
@@ -269,7 +230,7 @@ impl<B: Backend> AdapterOptimizer<B> for SignDescent {
 
 struct AdamWFactory {
     hp: AdamWParams,
-    transport: bool,
+    transport: TransportMode,
 }
 impl OptimizerFactory for AdamWFactory {
     fn build<B: Backend>(&self) -> Box<dyn AdapterOptimizer<B>> {
@@ -302,17 +263,17 @@ impl OptimizerFactory for SignFactory {
 inventory::submit! {
     OptimizerEntry {
         name: "adamw",
-        description: "AdamW (decoupled weight decay); optional first-moment transport across re-factorisations",
+        description: "AdamW (decoupled weight decay); optional moment transport across re-factorisations",
         options: &[
             OptionDoc { key: "beta1", default: "0.9", help: "first-moment decay" },
             OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
             OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
             OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ" },
-            OptionDoc { key: "transport", default: "false", help: "carry first moments into the manifold's new gauge (m_A ← Pᵀm_A, m_B ← m_B Qᵀ)" },
+            OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" (m_A ← Pᵀm_A, m_B ← m_B Qᵀ), \"signed\" (also v, exactly, when P is a signed permutation), \"diagonal\" = true (also v_A ← (P∘P)ᵀv_A, v_B ← v_B (Q∘Q)ᵀ); see docs/transport.md" },
         ],
         build: |opts| {
             let hp = adamw_params(opts, "optimizer.adamw", &["transport"])?;
-            Ok(Box::new(AdamWFactory { hp, transport: opts.bool_or("transport", false)? }))
+            Ok(Box::new(AdamWFactory { hp, transport: TransportMode::from_options(opts)? }))
         },
     }
 }

@@ -22,20 +22,22 @@ mod builtin;
 mod driver;
 mod registry;
 pub mod rules;
+pub mod transport;
 
 /// Re-exported so plugin crates register without naming `inventory` themselves.
 pub use balora_manifold::inventory;
 pub use balora_manifold::{
     GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams,
 };
-pub use builtin::{
-    adamw_params, factor_keys, transport_buffers, transport_first_moments, upload, AdamW,
-    MomentKind, Sgd, SignDescent,
-};
+pub use builtin::{adamw_params, factor_keys, AdamW, Sgd, SignDescent};
 pub use driver::OptimizerDriver;
 pub use registry::{
     build_optimizer, optimizer_entries, ErasedFactory, OptimizerEntry, OptimizerFactory,
     RegistryBackend,
+};
+pub use transport::{
+    signed_permutation, transport_adam, transport_buffers, transport_first_moments,
+    transport_second_moments, upload, MomentKind, TransportMode,
 };
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -101,6 +103,14 @@ pub trait AdapterOptimizer<B: Backend>: Send {
 
     /// Told after a manifold re-factored adapter `key` by `(A, B) → (Q·A, B·P)`.
     fn on_refactor(&mut self, _key: &str, _transform: &GaugeTransform) {}
+
+    /// Whether the optimizer keeps per-factor moments whose meaning depends on the gauge, and
+    /// what it carries across re-factorisations: `None` for stateless optimizers (and plugins
+    /// that do not say), else the [`TransportMode`] in effect. Trainers use it to warn about
+    /// momentum without transport under a gauge that jumps (the canonical one).
+    fn moment_transport(&self) -> Option<TransportMode> {
+        None
+    }
 
     /// The state as named host tensors (for checkpoints).
     fn state(&self) -> Vec<(String, TensorData)>;

@@ -3,8 +3,9 @@
 //! AdamW on both factors, but the learning rate of B is `λ·η` while A's is `η` (λ = `ratio`,
 //! 16 by default). The element-wise AdamW rule is [`balora_optim::rules::adamw_update`]; this crate
 //! only chooses the per-factor learning rates, which is why it needs to see the (A, B) pair
-//! together. Optional `transport` carries the first moments across re-factorisations exactly like
-//! the built-in AdamW.
+//! together. Optional `transport` carries the moments across re-factorisations the same way as the
+//! built-in AdamW ([`TransportMode`]: first moments exactly, second moments by the diagonal rule,
+//! exact for signed permutations).
 //!
 //! Registered as `loraplus`; link the crate (e.g. `extern crate balora_plugin_loraplus;`) and
 //! build it by name:
@@ -20,8 +21,9 @@
 
 use balora_optim::rules::{adamw_update, AdamWParams, StateStore};
 use balora_optim::{
-    adamw_params, factor_keys, transport_first_moments, AdapterOptimizer, GaugeTransform,
+    adamw_params, factor_keys, transport_adam, AdapterOptimizer, GaugeTransform, MomentKind,
     OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options, OptionsError, PairStep,
+    TransportMode,
 };
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -35,14 +37,14 @@ pub struct LoraPlus<B: Backend> {
     pub hp: AdamWParams,
     /// λ: B's learning rate is `λ·lr`, A's is `lr`.
     pub ratio: f64,
-    /// Carry first moments into the manifold's new gauge.
-    pub transport: bool,
+    /// What is carried into the manifold's new gauge.
+    pub transport: TransportMode,
     store: StateStore<B>,
 }
 
 impl<B: Backend> LoraPlus<B> {
     /// A fresh optimizer.
-    pub fn new(hp: AdamWParams, ratio: f64, transport: bool) -> Self {
+    pub fn new(hp: AdamWParams, ratio: f64, transport: TransportMode) -> Self {
         Self {
             hp,
             ratio,
@@ -76,10 +78,19 @@ impl<B: Backend> AdapterOptimizer<B> for LoraPlus<B> {
         adamw_update(&mut self.store, key, &self.hp, lr, v, g)
     }
 
+    fn moment_transport(&self) -> Option<TransportMode> {
+        Some(self.transport)
+    }
+
     fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        if self.transport {
-            transport_first_moments(&mut self.store, key, t, 0);
-        }
+        transport_adam(
+            &mut self.store,
+            key,
+            t,
+            (0, 1),
+            MomentKind::Gradient,
+            self.transport,
+        );
     }
 
     fn state(&self) -> Vec<(String, TensorData)> {
@@ -102,8 +113,8 @@ pub struct LoraPlusFactory {
     pub hp: AdamWParams,
     /// λ.
     pub ratio: f64,
-    /// First-moment transport.
-    pub transport: bool,
+    /// Moment transport.
+    pub transport: TransportMode,
 }
 
 impl LoraPlusFactory {
@@ -121,7 +132,7 @@ impl LoraPlusFactory {
         Ok(Self {
             hp,
             ratio,
-            transport: opts.bool_or("transport", false)?,
+            transport: TransportMode::from_options(opts)?,
         })
     }
 }
@@ -142,7 +153,7 @@ balora_optim::inventory::submit! {
             OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
             OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
             OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ_wd" },
-            OptionDoc { key: "transport", default: "false", help: "carry first moments into the manifold's new gauge" },
+            OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" | \"signed\" | \"diagonal\" (= true), as for adamw" },
         ],
         build: |opts| Ok(Box::new(LoraPlusFactory::from_options(opts)?)),
     }

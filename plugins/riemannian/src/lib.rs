@@ -14,7 +14,11 @@
 //! **Gauge equivariance.** With δ = 0 the preconditioned gradients transform like the factors
 //! themselves under `(A, B) → (Q·A, B·P)`: `(B'ᵀB')⁻¹∇A' = Q·(BᵀB)⁻¹∇A`. So buffers that
 //! average preconditioned gradients are carried with `m_A ← Q·m_A`, `m_B ← m_B·P`
-//! ([`MomentKind::Factor`]), not like raw gradients; option `transport` does that.
+//! ([`MomentKind::Factor`]), not like raw gradients; option `transport` does that. The AdamW
+//! base's second moment averages the squares of those directions, so it is carried with
+//! `v_A ← (Q∘Q)·v_A`, `v_B ← v_B·(P∘P)` (exact when `P` is a signed permutation — then
+//! `Q = Pᵀ` and this coincides with the raw-gradient rule — and the independent-coordinates
+//! approximation otherwise; see [`TransportMode`]). With δ > 0 all of this holds up to O(δ).
 //!
 //! ```
 //! extern crate balora_plugin_riemannian;
@@ -30,9 +34,9 @@
 use balora_manifold::DMatrix;
 use balora_optim::rules::{adamw_update, sgd_update, AdamWParams, StateStore};
 use balora_optim::{
-    adamw_params, factor_keys, transport_buffers, upload, AdapterOptimizer, GaugeTransform,
-    MomentKind, OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options, OptionsError,
-    PairGrams, PairStep,
+    adamw_params, factor_keys, transport_adam, transport_buffers, upload, AdapterOptimizer,
+    GaugeTransform, MomentKind, OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options,
+    OptionsError, PairGrams, PairStep, TransportMode,
 };
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -77,14 +81,14 @@ pub struct Riemannian<B: Backend> {
     pub base: BaseRule,
     /// Damping δ > 0.
     pub delta: f64,
-    /// Carry the first-moment buffer into the manifold's new gauge (as a [`MomentKind::Factor`]).
-    pub transport: bool,
+    /// What is carried into the manifold's new gauge (as [`MomentKind::Factor`] buffers).
+    pub transport: TransportMode,
     store: StateStore<B>,
 }
 
 impl<B: Backend> Riemannian<B> {
     /// A fresh optimizer.
-    pub fn new(base: BaseRule, delta: f64, transport: bool) -> Self {
+    pub fn new(base: BaseRule, delta: f64, transport: TransportMode) -> Self {
         let names: &'static [&'static str] = match base {
             BaseRule::Sgd { .. } => &["m"],
             BaseRule::AdamW(_) => &["m", "v"],
@@ -162,9 +166,27 @@ impl<B: Backend> AdapterOptimizer<B> for Riemannian<B> {
         self.update(key, lr, v, g)
     }
 
+    fn moment_transport(&self) -> Option<TransportMode> {
+        match self.base {
+            BaseRule::Sgd { momentum, .. } if momentum == 0.0 => None,
+            _ => Some(self.transport),
+        }
+    }
+
     fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        if self.transport {
-            transport_buffers(&mut self.store, key, t, 0, MomentKind::Factor);
+        match self.base {
+            BaseRule::Sgd { .. } if self.transport.first() => {
+                transport_buffers(&mut self.store, key, t, 0, MomentKind::Factor);
+            }
+            BaseRule::Sgd { .. } => {}
+            BaseRule::AdamW(_) => transport_adam(
+                &mut self.store,
+                key,
+                t,
+                (0, 1),
+                MomentKind::Factor,
+                self.transport,
+            ),
         }
     }
 
@@ -188,8 +210,8 @@ pub struct RiemannianFactory {
     pub base: BaseRule,
     /// δ.
     pub delta: f64,
-    /// Transport.
-    pub transport: bool,
+    /// Moment transport.
+    pub transport: TransportMode,
 }
 
 fn bad(key: &str, message: String) -> OptimError {
@@ -246,7 +268,7 @@ impl RiemannianFactory {
         Ok(Self {
             base,
             delta,
-            transport: opts.bool_or("transport", false)?,
+            transport: TransportMode::from_options(opts)?,
         })
     }
 }
@@ -264,7 +286,7 @@ balora_optim::inventory::submit! {
         options: &[
             OptionDoc { key: "base", default: "adamw", help: "sgd | adamw: the update applied to the preconditioned gradients" },
             OptionDoc { key: "delta", default: "1e-6", help: "damping δ > 0 of the r×r preconditioners" },
-            OptionDoc { key: "transport", default: "false", help: "carry the first moment into the manifold's new gauge (m_A ← Q·m_A, m_B ← m_B·P)" },
+            OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" (m_A ← Q·m_A, m_B ← m_B·P), \"signed\", \"diagonal\" (= true; also v_A ← (Q∘Q)·v_A, v_B ← v_B·(P∘P) for the adamw base)" },
             OptionDoc { key: "momentum", default: "0", help: "SGD momentum μ (base = sgd)" },
             OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay" },
             OptionDoc { key: "beta1", default: "0.9", help: "AdamW first-moment decay (base = adamw)" },

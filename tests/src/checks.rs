@@ -789,7 +789,8 @@ fn skeleton<B: Backend>(din: usize, dout: usize, rank: usize, device: &B::Device
         alpha: 2.0 * rank as f64,
         ..Default::default()
     };
-    LoraLinear::<B>::new(din, dout, true, device).with_adapter(&cfg, device)
+    let layer = cfg.resolve("fc").expect("a valid rank");
+    LoraLinear::<B>::new(din, dout, true, device).with_adapter(&layer, device)
 }
 
 /// A module record saved on this backend (burn's named MessagePack recorder, full precision) and

@@ -1,61 +1,8 @@
+use crate::config::{LayerInit, LayerLora};
 use balora_cpu::FrozenCache;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// How A is initialised (B always starts at zero, so the initial product is zero).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AdapterInit {
-    /// PEFT's default: Kaiming-uniform with a = √5, i.e. `U(-1/√in, 1/√in)`.
-    #[default]
-    Kaiming,
-    /// `A ~ N(0, σ²)` (σ = 1/r in PEFT's "gaussian"; `std` overrides it).
-    Gaussian,
-}
-
-/// Adapter hyper-parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoraConfig {
-    /// Rank r.
-    pub r: usize,
-    /// α; the scale is α/r, or α/√r with `rslora`.
-    pub alpha: f64,
-    /// rsLoRA scaling α/√r.
-    pub rslora: bool,
-    /// Dropout probability on the adapter input.
-    pub dropout: f64,
-    /// Initialisation of A.
-    pub init: AdapterInit,
-    /// Standard deviation for [`AdapterInit::Gaussian`] (default 1/r).
-    pub init_std: Option<f64>,
-}
-
-impl Default for LoraConfig {
-    fn default() -> Self {
-        Self {
-            r: 8,
-            alpha: 16.0,
-            rslora: false,
-            dropout: 0.0,
-            init: AdapterInit::Kaiming,
-            init_std: None,
-        }
-    }
-}
-
-impl LoraConfig {
-    /// The scale s applied to `B·A`.
-    pub fn scale(&self) -> f64 {
-        if self.rslora {
-            self.alpha / (self.r as f64).sqrt()
-        } else {
-            self.alpha / self.r as f64
-        }
-    }
-}
 
 /// The low-rank pair of one adapted layer, in PEFT's layout.
 #[derive(Module, Debug)]
@@ -73,16 +20,16 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    /// A fresh adapter (`B = 0`) for a `d_in → d_out` layer.
-    pub fn new(d_in: usize, d_out: usize, cfg: &LoraConfig, device: &B::Device) -> Self {
-        let r = cfg.r.max(1);
-        let a = match cfg.init {
-            AdapterInit::Kaiming => {
+    /// A fresh adapter (`B = 0`) for a `d_in → d_out` layer, as resolved by
+    /// [`LoraConfig::resolve`](crate::LoraConfig::resolve).
+    pub fn new(d_in: usize, d_out: usize, cfg: &LayerLora, device: &B::Device) -> Self {
+        let r = cfg.r();
+        let a = match cfg.init() {
+            LayerInit::Kaiming => {
                 let bound = 1.0 / (d_in as f64).sqrt();
                 Tensor::random([r, d_in], Distribution::Uniform(-bound, bound), device)
             }
-            AdapterInit::Gaussian => {
-                let std = cfg.init_std.unwrap_or(1.0 / r as f64);
+            LayerInit::Gaussian { std } => {
                 Tensor::random([r, d_in], Distribution::Normal(0.0, std), device)
             }
         };
@@ -90,7 +37,7 @@ impl<B: Backend> LoraAdapter<B> {
             a,
             Tensor::zeros([d_out, r], device),
             cfg.scale(),
-            cfg.dropout,
+            cfg.dropout(),
         )
     }
 
@@ -175,7 +122,7 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// Attaches a fresh adapter (replacing any existing one).
-    pub fn with_adapter(mut self, cfg: &LoraConfig, device: &B::Device) -> Self {
+    pub fn with_adapter(mut self, cfg: &LayerLora, device: &B::Device) -> Self {
         let (d_in, d_out) = self.dims();
         self.adapter = Some(LoraAdapter::new(d_in, d_out, cfg, device));
         self

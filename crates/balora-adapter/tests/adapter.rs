@@ -90,7 +90,9 @@ fn only_adapter_factors_are_trainable() {
         &LoraConfig {
             r: 3,
             ..Default::default()
-        },
+        }
+        .resolve("fc")
+        .unwrap(),
         &dev,
     );
     let x = Tensor::<Autodiff<Nd>, 2>::ones([2, 8], &dev);

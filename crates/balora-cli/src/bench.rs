@@ -21,7 +21,8 @@ use anyhow::{Context, Result};
 use balora_config::{ScheduleName, TrainerSection};
 use balora_data::{Dataset, Example};
 use balora_models::generate::{generate, GenerateOptions};
-use balora_models::surgery::{attach, AdapterSpec, ModuleSelector};
+use balora_models::surgery::attach;
+use balora_models::{LoraConfig, ModuleSelector};
 use balora_models::{BertForSequenceClassification, Pooling};
 use balora_optim::RegistryBackend;
 use balora_train::{train, Objective, RunOptions, TrainStepper};
@@ -238,12 +239,12 @@ where
             pad_id: 0,
         };
         let model = BertForSequenceClassification::new(bert, 2, Pooling::Mean, device);
-        let mut spec = AdapterSpec::new(
+        let mut spec = LoraConfig::new(
             8,
             16.0,
             ModuleSelector::List(vec!["query".into(), "value".into()]),
-        );
-        spec.modules_to_save = Some(vec!["classifier".into()]);
+        )?;
+        spec.modules_to_save = vec!["classifier".into()];
         let (model, _) = attach(model, &spec, device)?;
         timed(
             a,
@@ -270,11 +271,11 @@ where
             classes: vec![],
             pad_id: 0,
         };
-        let spec = AdapterSpec::new(
+        let spec = LoraConfig::new(
             8,
             16.0,
             ModuleSelector::List(vec!["q_proj".into(), "v_proj".into()]),
-        );
+        )?;
         let (model, _) = attach(lm.model, &spec, device)?;
         timed(a, model, &data, batch, 3e-3, &Objective::causal(), device)
     }

@@ -4,7 +4,7 @@
 use crate::config_cmd::JobArgs;
 use crate::train::{backend_of, load_base, resolve, run_method};
 use anyhow::{Context, Result};
-use balora_config::{InitName, JobConfig, Options};
+use balora_config::{AdapterInit, JobConfig, Options};
 use balora_train::plot::{line_plot, Series};
 use balora_train::MetricRecord;
 use std::fmt::Write as _;
@@ -111,7 +111,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                     cfg.trainer.progress = false;
                     cfg.trainer.checkpoint_every = 0;
                     cfg.trainer.resume = false;
-                    cfg.adapter.init = InitName::Gaussian;
+                    cfg.adapter.init = AdapterInit::Gaussian;
                     cfg.adapter.init_std = Some(std);
                     cfg.manifold.name = m.manifold.clone();
                     if m.manifold != base_cfg.manifold.name {
@@ -227,7 +227,7 @@ fn write_report(
     );
     let _ = writeln!(
         md,
-        "Data `{}`, seq_len {}, batch {}×{}, {} steps, schedule {:?} (warmup {}), optimizer `{}`, r = {}, α = {}, targets {:?}, seed {}; {} runs in {:.0} s on `{:?}`.\n",
+        "Data `{}`, seq_len {}, batch {}×{}, {} steps, schedule {:?} (warmup {}), optimizer `{}`, r = {}, α = {}, targets {}, seed {}; {} runs in {:.0} s on `{:?}`.\n",
         cfg.data.asset.clone().or(cfg.data.path.as_ref().map(|p| p.display().to_string())).unwrap_or_default(),
         cfg.data.seq_len, cfg.trainer.batch_size, cfg.trainer.grad_accum, cfg.trainer.steps,
         cfg.trainer.schedule, cfg.trainer.warmup_steps, cfg.optimizer.name, cfg.adapter.r, cfg.adapter.alpha,

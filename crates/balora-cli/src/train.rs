@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use balora_config::{JobConfig, ModelFamily};
 use balora_data::{load_dataset, Dataset, Encoder, ModelLimits};
 use balora_models::peft::{save_adapter, AdapterMeta};
-use balora_models::surgery::{attach, summary, AdapterSpec, LayerSelector, ModuleSelector};
+use balora_models::surgery::{attach, summary};
 use balora_models::{BertForSequenceClassification, LlamaForCausalLm, Pooling};
 use balora_optim::RegistryBackend;
 use balora_train::{train, Objective, RunOptions, TrainOutcome, TrainStepper};
@@ -63,28 +63,11 @@ pub fn resolve(cfg: &JobConfig) -> Result<Resolved> {
     })
 }
 
-/// PEFT adapter spec from the `[adapter]` section.
-pub fn adapter_spec(cfg: &JobConfig) -> AdapterSpec {
-    let a = &cfg.adapter;
-    let mut spec = AdapterSpec::new(a.r, a.alpha, ModuleSelector::List(a.targets.clone()));
-    if !a.exclude.is_empty() {
-        spec.exclude_modules = Some(ModuleSelector::List(a.exclude.clone()));
-    }
-    if !a.layers_to_transform.is_empty() {
-        spec.layers_to_transform = Some(LayerSelector::Many(a.layers_to_transform.clone()));
-    }
-    spec.rank_pattern = a.rank_pattern.clone();
-    spec.alpha_pattern = a.alpha_pattern.clone();
-    if !a.modules_to_save.is_empty() {
-        spec.modules_to_save = Some(a.modules_to_save.clone());
-    }
-    spec.use_rslora = a.rslora;
-    spec.lora_dropout = a.dropout;
-    spec.init_lora_weights = match a.init {
-        balora_config::InitName::Kaiming => serde_json::Value::Bool(true),
-        balora_config::InitName::Gaussian => serde_json::Value::String("gaussian".into()),
-    };
-    spec
+/// The adapter configuration of the job: the `[adapter]` section is the one
+/// [`balora_adapter::LoraConfig`] that the surgery applies (every family alike) and that
+/// `adapter_config.json` is written from.
+pub fn adapter_spec(cfg: &JobConfig) -> balora_config::LoraConfig {
+    cfg.adapter.clone()
 }
 
 /// A base model (adapters not yet attached) with its dataset.
@@ -201,7 +184,6 @@ where
     let outcome = match base {
         Base::Llama(m) => {
             let (model, s) = attach(m.clone(), &spec, device)?;
-            let model = with_init_std(model, cfg);
             tracing::info!("{s}");
             let o = train(
                 model,
@@ -235,26 +217,6 @@ where
         }
     };
     Ok(outcome)
-}
-
-/// With `adapter.init = "gaussian"` and `adapter.init_std`, rescales every A to that std
-/// (PEFT's gaussian init uses 1/r; `balora compare` sweeps this scale).
-fn with_init_std<B: AutodiffBackend, M: balora_models::AdapterHost<B>>(
-    mut model: M,
-    cfg: &JobConfig,
-) -> M {
-    let (Some(std), balora_config::InitName::Gaussian) = (cfg.adapter.init_std, cfg.adapter.init)
-    else {
-        return model;
-    };
-    let factor = std * cfg.adapter.r as f64; // PEFT gaussian: std 1/r
-    for (_, l) in model.linears_mut() {
-        if let Some(ad) = l.adapter.as_mut() {
-            let a = ad.lora_a.val().mul_scalar(factor).detach().require_grad();
-            ad.lora_a = burn::module::Param::from_tensor(a);
-        }
-    }
-    model
 }
 
 fn strip<M>(o: TrainOutcome<M>) -> TrainOutcome<()> {

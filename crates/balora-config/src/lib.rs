@@ -17,6 +17,7 @@
 mod layered;
 mod schema;
 
+pub use balora_adapter::{AdapterInit, LoraConfig, ModuleSelector, Patterns};
 pub use balora_manifold::{OptionValue, Options};
 pub use layered::{
     env_key, load_layered, parse_set, unknown_env_vars, ConfigError, NON_CONFIG_ENV,

@@ -1,9 +1,9 @@
 //! The schema: serde types with `deny_unknown_fields`.
 
 use crate::ConfigError;
+use balora_adapter::LoraConfig;
 use balora_manifold::Options;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Top-level sections (the env provider only reads `BALORA_<SECTION>…`).
@@ -132,64 +132,9 @@ impl Default for ModelSection {
     }
 }
 
-/// How A is initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InitName {
-    /// PEFT's Kaiming-uniform.
-    Kaiming,
-    /// `N(0, init_std²)` (default std 1/r).
-    Gaussian,
-}
-
-/// `[adapter]` (PEFT's `LoraConfig` fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdapterSection {
-    /// Rank.
-    pub r: usize,
-    /// α.
-    pub alpha: f64,
-    /// rsLoRA scaling α/√r.
-    pub rslora: bool,
-    /// Adapter input dropout.
-    pub dropout: f64,
-    /// Target module names (suffixes), e.g. `["q_proj", "v_proj"]`.
-    pub targets: Vec<String>,
-    /// Module names to leave alone.
-    pub exclude: Vec<String>,
-    /// Only these layer indices (empty: all).
-    pub layers_to_transform: Vec<usize>,
-    /// Per-module rank overrides (name suffix → r).
-    pub rank_pattern: BTreeMap<String, usize>,
-    /// Per-module α overrides (name suffix → α).
-    pub alpha_pattern: BTreeMap<String, f64>,
-    /// Modules trained in full and saved with the adapter (e.g. a classifier head).
-    pub modules_to_save: Vec<String>,
-    /// Initialisation of A.
-    pub init: InitName,
-    /// Standard deviation for `gaussian` (default 1/r); a multiplier grid in `balora compare`.
-    pub init_std: Option<f64>,
-}
-
-impl Default for AdapterSection {
-    fn default() -> Self {
-        Self {
-            r: 8,
-            alpha: 16.0,
-            rslora: false,
-            dropout: 0.0,
-            targets: vec!["q_proj".into(), "v_proj".into()],
-            exclude: Vec::new(),
-            layers_to_transform: Vec::new(),
-            rank_pattern: BTreeMap::new(),
-            alpha_pattern: BTreeMap::new(),
-            modules_to_save: Vec::new(),
-            init: InitName::Kaiming,
-            init_std: None,
-        }
-    }
-}
+/// `[adapter]`: the adapter configuration, [`balora_adapter::LoraConfig`] (its module doc has
+/// the keys, the pattern rules and the initialisation rule).
+pub type AdapterSection = LoraConfig;
 
 /// `[manifold]` / `[optimizer]`: a registered plugin name plus its options (validated by the
 /// plugin, which rejects unknown keys and lists the allowed ones).
@@ -372,30 +317,10 @@ fn bad(key: &str, message: impl Into<String>) -> ConfigError {
 impl JobConfig {
     /// Range checks the schema cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let a = &self.adapter;
-        if a.r == 0 {
-            return Err(bad("adapter.r", "must be ≥ 1"));
-        }
-        if !(a.alpha.is_finite() && a.alpha > 0.0) {
-            return Err(bad(
-                "adapter.alpha",
-                format!("must be > 0, got {}", a.alpha),
-            ));
-        }
-        if !(0.0..1.0).contains(&a.dropout) {
-            return Err(bad(
-                "adapter.dropout",
-                format!("must be in [0, 1), got {}", a.dropout),
-            ));
-        }
-        if a.targets.is_empty() {
-            return Err(bad("adapter.targets", "list at least one module name"));
-        }
-        if let Some(s) = a.init_std {
-            if !(s.is_finite() && s > 0.0) {
-                return Err(bad("adapter.init_std", format!("must be > 0, got {s}")));
-            }
-        }
+        self.adapter.validate().map_err(|e| ConfigError::BadValue {
+            key: e.field,
+            message: e.message,
+        })?;
         let d = &self.data;
         if d.seq_len < 2 {
             return Err(bad("data.seq_len", "must be ≥ 2"));

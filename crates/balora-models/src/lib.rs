@@ -24,13 +24,13 @@ pub mod surgery;
 pub mod validate;
 pub mod weights;
 
+pub use balora_adapter::{AdapterInit, LoraConfig, ModuleSelector, Patterns};
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel, Pooling};
 pub use error::ModelError;
 pub use host::{AdapterHost, LinearInfo};
 pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm, RopeLayout};
-pub use surgery::{
-    attach, merge_all, unmerge_all, AdapterSpec, LayerSelector, ModuleSelector, TrainableSummary,
-};
+pub use peft::LayerSelector;
+pub use surgery::{attach, merge_all, unmerge_all, TrainableSummary};
 pub use weights::{MemWeights, Weights};
 
 use burn::module::Module;

@@ -8,17 +8,20 @@
 use crate::host::AdapterHost;
 use crate::llama::permute_rows;
 use crate::st::{read_safetensors, write_atomic, write_safetensors};
-use crate::surgery::{module_hparams, unfreeze, AdapterSpec, ModuleSelector};
+use crate::surgery::{layer_adapter, unfreeze};
 use crate::weights::{to_vec, Weights};
 use crate::ModelError;
 use balora_adapter::{LoraAdapter, LoraLinear};
+use balora_adapter::{LoraConfig, ModuleSelector};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
 
 mod config;
+mod wire;
 pub use config::{parse_config, INERT, USED};
+pub use wire::LayerSelector;
 
 /// File names inside an adapter directory.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -57,47 +60,26 @@ fn resolved_targets<B: Backend, M: AdapterHost<B>>(model: &M) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// The config JSON PEFT would write for `spec`.
+/// The `adapter_config.json` text PEFT would write for `spec` (pattern keys in their order).
 pub fn config_json<B: Backend, M: AdapterHost<B>>(
     model: &M,
-    spec: &AdapterSpec,
+    spec: &LoraConfig,
     meta: &AdapterMeta,
-) -> Value {
-    let targets = match &spec.target_modules {
+) -> String {
+    let targets = match &spec.targets {
         ModuleSelector::Regex(r) if r != "all-linear" => json!(r),
         ModuleSelector::List(v) if !(v.len() == 1 && v[0] == "all-linear") => json!(v),
         _ => json!(resolved_targets(model)),
     };
-    json!({
-        "peft_type": "LORA",
-        "task_type": meta.task_type,
-        "base_model_name_or_path": meta.base_model_name_or_path,
-        "revision": null,
-        "inference_mode": true,
-        "r": spec.r,
-        "lora_alpha": spec.lora_alpha,
-        "lora_dropout": spec.lora_dropout,
-        "target_modules": targets,
-        "exclude_modules": spec.exclude_modules,
-        "layers_to_transform": spec.layers_to_transform,
-        "layers_pattern": null,
-        "rank_pattern": spec.rank_pattern,
-        "alpha_pattern": spec.alpha_pattern,
-        "modules_to_save": spec.modules_to_save,
-        "use_rslora": spec.use_rslora,
-        "use_dora": false,
-        "fan_in_fan_out": false,
-        "bias": "none",
-        "init_lora_weights": spec.init_lora_weights,
-    })
+    wire::to_peft(spec, targets, meta)
 }
 
 /// All tensors of the adapter file, in PEFT names and HF layout.
 pub fn adapter_tensors<B: Backend, M: AdapterHost<B>>(
     model: &M,
-    spec: &AdapterSpec,
+    spec: &LoraConfig,
 ) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let save = spec.modules_to_save.clone().unwrap_or_default();
+    let save = spec.modules_to_save.clone();
     let mut out = Vec::new();
     for (info, l) in model.linears() {
         let pre = peft_prefix(&info.path);
@@ -141,7 +123,7 @@ pub fn adapter_tensors<B: Backend, M: AdapterHost<B>>(
 /// Saves the model's adapters as a PEFT adapter directory (both files written atomically).
 pub fn save_adapter<B: Backend, M: AdapterHost<B>>(
     model: &M,
-    spec: &AdapterSpec,
+    spec: &LoraConfig,
     meta: &AdapterMeta,
     dir: &Path,
 ) -> Result<(), ModelError> {
@@ -150,12 +132,12 @@ pub fn save_adapter<B: Backend, M: AdapterHost<B>>(
         return Err(adapter_err(dir, "the model has no adapters to save".into()));
     }
     write_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
-    let cfg = serde_json::to_string_pretty(&config_json(model, spec, meta)).unwrap_or_default();
+    let cfg = config_json(model, spec, meta);
     write_atomic(&dir.join(ADAPTER_CONFIG), cfg.as_bytes())
 }
 
 /// Reads an adapter directory: the parsed config and the raw tensors.
-pub fn read_adapter(dir: &Path) -> Result<(AdapterSpec, crate::MemWeights), ModelError> {
+pub fn read_adapter(dir: &Path) -> Result<(LoraConfig, crate::MemWeights), ModelError> {
     let cpath = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
     let spec = parse_config(&text, &cpath.display().to_string())?;
@@ -174,7 +156,7 @@ pub fn load_adapter<B: Backend, M: AdapterHost<B>>(
     model: M,
     dir: &Path,
     device: &B::Device,
-) -> Result<(M, AdapterSpec), ModelError> {
+) -> Result<(M, LoraConfig), ModelError> {
     let (spec, w) = read_adapter(dir)?;
     let model = apply_adapter_tensors(model, &spec, &w, device)?;
     Ok((model, spec))
@@ -183,13 +165,13 @@ pub fn load_adapter<B: Backend, M: AdapterHost<B>>(
 /// Attaches adapters from PEFT-named tensors `w` according to `spec`.
 pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
     mut model: M,
-    spec: &AdapterSpec,
+    spec: &LoraConfig,
     w: &crate::MemWeights,
     device: &B::Device,
 ) -> Result<M, ModelError> {
     let file = std::path::PathBuf::from(w.origin());
     let mut consumed: BTreeSet<String> = BTreeSet::new();
-    let save = spec.modules_to_save.clone().unwrap_or_default();
+    let save = spec.modules_to_save.clone();
     for (info, l) in model.linears_mut() {
         let pre = peft_prefix(&info.path);
         let (din, dout) = l.dims();
@@ -215,7 +197,8 @@ pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
                     actual: sb,
                 });
             }
-            let (r_cfg, _, scale) = module_hparams(spec, &info.path)?;
+            let layer = layer_adapter(spec, &info.path)?;
+            let (r_cfg, scale) = (layer.r(), layer.scale());
             if r_cfg != r {
                 return Err(adapter_err(
                     &file,
@@ -236,7 +219,7 @@ pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
                 tensor2(a, [r, din], device),
                 tensor2(b, [dout, r], device),
                 scale,
-                spec.lora_dropout,
+                spec.dropout,
             );
             consumed.insert(ka);
             consumed.insert(kb);

@@ -12,9 +12,10 @@
 //! * [`check_adapter_ranks`]: a rank against the layers it is attached to.
 
 use crate::host::AdapterHost;
-use crate::surgery::{is_targeted, module_hparams, AdapterSpec};
+use crate::surgery::{is_targeted, layer_adapter};
 use crate::weights::MemWeights;
 use crate::ModelError;
+use balora_adapter::LoraConfig;
 use burn::tensor::backend::Backend;
 use std::collections::BTreeSet;
 
@@ -108,7 +109,12 @@ pub fn first_non_finite(data: &[f32]) -> Option<(usize, f32)> {
 }
 
 /// A [`ModelError::Format`] if `data` of `tensor` holds a NaN or ±∞.
-pub fn check_finite(file: &str, tensor: &str, shape: &[usize], data: &[f32]) -> Result<(), ModelError> {
+pub fn check_finite(
+    file: &str,
+    tensor: &str,
+    shape: &[usize],
+    data: &[f32],
+) -> Result<(), ModelError> {
     match first_non_finite(data) {
         None => Ok(()),
         Some((i, v)) => Err(ModelError::Format {
@@ -156,7 +162,10 @@ pub fn check_adapter_pairs(w: &MemWeights) -> Result<(), ModelError> {
         } else {
             (oshape, shape)
         };
-        let (ka, kb) = (format!("{own}.lora_A.weight"), format!("{own}.lora_B.weight"));
+        let (ka, kb) = (
+            format!("{own}.lora_A.weight"),
+            format!("{own}.lora_B.weight"),
+        );
         if sa.len() != 2 || sa.contains(&0) {
             return Err(err(format!(
                 "`{ka}` has shape {sa:?}; expected [r, in] with r ≥ 1 and in ≥ 1"
@@ -187,18 +196,13 @@ pub fn check_adapter_pairs(w: &MemWeights) -> Result<(), ModelError> {
 /// `rank_pattern` entry) before any adapter is allocated: `1 ≤ r ≤ min(in, out)`.
 pub fn check_adapter_ranks<B: Backend, M: AdapterHost<B>>(
     model: &M,
-    spec: &AdapterSpec,
+    spec: &LoraConfig,
 ) -> Result<(), ModelError> {
-    let save = spec.modules_to_save.clone().unwrap_or_default();
     for (info, l) in model.linears() {
-        if save
-            .iter()
-            .any(|s| info.path == *s || info.path.ends_with(&format!(".{s}")))
-            || !is_targeted(spec, &info)?
-        {
+        if spec.saves(&info.path) || !is_targeted(spec, &info)? {
             continue;
         }
-        let (r, _, _) = module_hparams(spec, &info.path)?;
+        let r = layer_adapter(spec, &info.path)?.r();
         let (din, dout) = l.dims();
         if r == 0 || r > din.min(dout) {
             let field = if r == spec.r {

@@ -4,9 +4,8 @@ mod common;
 use balora_models::peft::{adapter_tensors, load_adapter, save_adapter, AdapterMeta};
 use balora_models::weights::to_vec;
 use balora_models::{
-    attach, merge_all, unmerge_all, AdapterHost, AdapterSpec, BertConfig,
-    BertForSequenceClassification, BertModel, MemWeights, ModuleSelector, Pooling,
-    SequenceClassifier,
+    attach, merge_all, unmerge_all, AdapterHost, BertConfig, BertForSequenceClassification,
+    BertModel, LoraConfig, MemWeights, ModuleSelector, Pooling, SequenceClassifier,
 };
 use burn::backend::NdArray;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -230,12 +229,13 @@ fn classifier_merge_parity_and_peft_keys() {
     let w = weights(9);
     let bert = BertModel::<B>::load(&cfg(), &w, &dev).unwrap();
     let clf = BertForSequenceClassification::new(bert, 3, Pooling::Cls, &dev);
-    let mut spec = AdapterSpec::new(
+    let mut spec = LoraConfig::new(
         2,
         4.0,
         ModuleSelector::List(vec!["query".into(), "value".into()]),
-    );
-    spec.modules_to_save = Some(vec!["classifier".into()]);
+    )
+    .unwrap();
+    spec.modules_to_save = vec!["classifier".into()];
     let (m, s) = attach(clf, &spec, &dev).unwrap();
     assert_eq!(s.adapters, 4);
     assert_eq!(s.trainable, 4 * 2 * (D + D) + D * 3 + 3);
@@ -315,6 +315,6 @@ fn classifier_merge_parity_and_peft_keys() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn spec_q() -> AdapterSpec {
-    AdapterSpec::new(2, 4.0, ModuleSelector::List(vec!["query".into()]))
+fn spec_q() -> LoraConfig {
+    LoraConfig::new(2, 4.0, ModuleSelector::List(vec!["query".into()])).unwrap()
 }

@@ -7,7 +7,7 @@ use balora_models::llama::{
 use balora_models::peft::{load_adapter, save_adapter, AdapterMeta};
 use balora_models::weights::to_vec;
 use balora_models::{
-    attach, merge_all, unmerge_all, AdapterSpec, CausalLm, KvCache, LlamaConfig, LlamaForCausalLm,
+    attach, merge_all, unmerge_all, CausalLm, KvCache, LlamaConfig, LlamaForCausalLm, LoraConfig,
     MemWeights, ModelError, ModuleSelector, RopeLayout,
 };
 use burn::backend::NdArray;
@@ -166,7 +166,7 @@ fn merge_unmerge_parity() {
     let w = t.weights(5);
     let base = load(&t, &w);
     let before = to_vec(base.forward_logits(ids(&PROMPT), None));
-    let spec = AdapterSpec::new(3, 6.0, ModuleSelector::Regex("all-linear".into()));
+    let spec = LoraConfig::new(3, 6.0, ModuleSelector::Regex("all-linear".into())).unwrap();
     let (m, _) = attach(base, &spec, &Default::default()).unwrap();
     let m = randomize_b(m);
     let adapted = to_vec(m.forward_logits(ids(&PROMPT), None));
@@ -195,11 +195,12 @@ fn gguf_base_adapter_is_saved_in_hf_layout() {
     let w = t.weights(21);
     let g = gguf_style(&t, &w);
     let dev = Default::default();
-    let spec = AdapterSpec::new(
+    let spec = LoraConfig::new(
         2,
         4.0,
         ModuleSelector::List(vec!["q_proj".into(), "k_proj".into(), "v_proj".into()]),
-    );
+    )
+    .unwrap();
     let (m, _) = attach(load_gguf_style(&t, &g), &spec, &dev).unwrap();
     let m = randomize_b(m);
     let gguf_logits = to_vec(m.forward_logits(ids(&PROMPT), None));
@@ -276,7 +277,7 @@ fn export_restores_hf_names_and_layout_and_merges() {
         assert_eq!(d, data, "{name}");
     }
     // Merged adapters: the exported HF checkpoint reproduces the adapted model's logits.
-    let spec = AdapterSpec::new(2, 4.0, ModuleSelector::Regex("all-linear".into()));
+    let spec = LoraConfig::new(2, 4.0, ModuleSelector::Regex("all-linear".into())).unwrap();
     let (m, _) = attach(load_gguf_style(&t, &g), &spec, &Default::default()).unwrap();
     let m = randomize_b(m);
     let want: Vec<f64> = to_vec(m.forward_logits(ids(&PROMPT), None))

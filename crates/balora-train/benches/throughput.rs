@@ -5,10 +5,11 @@
 //! Env: `BALORA_BENCH_STEPS` (default 6 for SmolLM2, 40 for tiny), `BALORA_BENCH_SEQ` (64).
 
 use balora_adapter::LoraConfig;
+use balora_adapter::ModuleSelector;
 use balora_config::{ScheduleName, TrainerSection};
 use balora_data::{Dataset, Example};
 use balora_manifold::Options;
-use balora_models::surgery::{attach, AdapterSpec, ModuleSelector};
+use balora_models::surgery::attach;
 use balora_models::CausalLm;
 use balora_train::tiny::{TinyLm, TinyLmConfig};
 use balora_train::{train, Objective, RunOptions, TrainStepper};
@@ -116,7 +117,9 @@ fn main() {
         r: 8,
         alpha: 16.0,
         ..Default::default()
-    };
+    }
+    .resolve("q_proj")
+    .expect("valid adapter config");
     report(
         "tiny (2×128, r=8)",
         || {
@@ -130,7 +133,7 @@ fn main() {
     match balora_assets::find(&cache).smollm2_gguf() {
         Ok(path) => {
             let base = balora_models::load::load_causal_lm::<B>(&path, &dev).expect("loading SmolLM2");
-            let spec = AdapterSpec::new(8, 16.0, ModuleSelector::List(vec!["q_proj".into(), "v_proj".into()]));
+            let spec = LoraConfig::new(8, 16.0, ModuleSelector::List(vec!["q_proj".into(), "v_proj".into()])).expect("valid adapter config");
             let vocab = base.model.vocab_size() as u32;
             report(
                 "SmolLM2-135M (q,v r=8)",

@@ -58,7 +58,7 @@ pub struct StepReport {
 /// type B = Autodiff<NdArray>;
 ///
 /// let dev = Default::default();
-/// let mut model = LoraLinear::<B>::new(6, 5, false, &dev).with_adapter(&LoraConfig { r: 2, ..Default::default() }, &dev);
+/// let mut model = LoraLinear::<B>::new(6, 5, false, &dev).with_adapter(&LoraConfig { r: 2, ..Default::default() }.resolve("fc").unwrap(), &dev);
 /// let mut stepper = TrainStepper::<B>::from_names("adamw", &Options::default(), "balanced", &Options::default()).unwrap();
 /// for _ in 0..3 {
 ///     let loss = model.forward(Tensor::<B, 2>::ones([4, 6], &dev)).powi_scalar(2).mean();

@@ -3,7 +3,7 @@
 //! Its projections are [`LoraLinear`]s named like Llama's (`q_proj`, `k_proj`, `v_proj`,
 //! `o_proj`, `up_proj`, `down_proj`), so `adapter.targets` select them the same way.
 
-use balora_adapter::{LoraConfig, LoraLinear};
+use balora_adapter::{LayerLora, LoraLinear};
 use balora_models::CausalLm;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -65,8 +65,8 @@ pub struct TinyLm<B: Backend> {
 
 impl<B: Backend> TinyLm<B> {
     /// Random frozen weights (seed the backend first for reproducibility); adapters with `lora`
-    /// on every projection whose name is in `targets`.
-    pub fn new(cfg: TinyLmConfig, lora: &LoraConfig, targets: &[&str], device: &B::Device) -> Self {
+    /// (from [`balora_adapter::LoraConfig::resolve`]) on every projection whose name is in `targets`.
+    pub fn new(cfg: TinyLmConfig, lora: &LayerLora, targets: &[&str], device: &B::Device) -> Self {
         let h = cfg.hidden;
         let proj = |name: &str, i: usize, o: usize| {
             let l = LoraLinear::new(i, o, false, device);

@@ -48,7 +48,9 @@ fn model(seed: u64, dropout: f64) -> TinyLm<B> {
         alpha: 8.0,
         dropout,
         ..Default::default()
-    };
+    }
+    .resolve("q_proj")
+    .unwrap();
     TinyLm::new(
         TinyLmConfig::default(),
         &lora,

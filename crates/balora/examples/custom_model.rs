@@ -18,7 +18,7 @@ extern crate balora_plugin_loraplus;
 extern crate balora_plugin_orthonormal;
 extern crate balora_plugin_riemannian;
 
-use balora::adapter::{collect_params, LoraConfig, LoraLinear};
+use balora::adapter::{collect_params, LoraConfig, LoraConfigError, LoraLinear};
 use balora::manifold::{OptionValue, Options};
 use balora::train::TrainStepper;
 use burn::backend::{Autodiff, NdArray};
@@ -51,12 +51,18 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// Attaching adapters: each `Linear` becomes a `LoraLinear` (frozen base + trainable A, B).
-    fn with_adapters(self, cfg: &LoraConfig, device: &B::Device) -> MlpWithAdapters<B> {
-        MlpWithAdapters {
-            fc1: LoraLinear::from_base(self.fc1).with_adapter(cfg, device),
+    /// Each layer's rank, scale and initialisation come from `cfg.resolve(<module path>)`, so
+    /// `rank_pattern` / `alpha_pattern` work for custom models too; a bad config is an error.
+    fn with_adapters(
+        self,
+        cfg: &LoraConfig,
+        device: &B::Device,
+    ) -> Result<MlpWithAdapters<B>, LoraConfigError> {
+        Ok(MlpWithAdapters {
+            fc1: LoraLinear::from_base(self.fc1).with_adapter(&cfg.resolve("fc1")?, device),
             act: self.act,
-            fc2: LoraLinear::from_base(self.fc2).with_adapter(cfg, device),
-        }
+            fc2: LoraLinear::from_base(self.fc2).with_adapter(&cfg.resolve("fc2")?, device),
+        })
     }
 }
 
@@ -108,7 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         alpha: 4.0,
         ..Default::default()
     };
-    let mut model = pretrained.with_adapters(&cfg, &device);
+    let mut model = pretrained.with_adapters(&cfg, &device)?;
     let adapters: Vec<String> = collect_params(&model)
         .pairs
         .iter()

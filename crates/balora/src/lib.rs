@@ -25,7 +25,7 @@
 //!
 //! let dev = Default::default();
 //! let mut layer = LoraLinear::<B>::new(8, 4, false, &dev)
-//!     .with_adapter(&LoraConfig { r: 2, ..Default::default() }, &dev);
+//!     .with_adapter(&LoraConfig { r: 2, ..Default::default() }.resolve("fc").unwrap(), &dev);
 //! let mut stepper = TrainStepper::<B>::from_names("adamw", &Options::default(), "balanced", &Options::default()).unwrap();
 //! let x = Tensor::<B, 2>::ones([3, 8], &dev);
 //! let loss = layer.forward(x).powi_scalar(2).mean();

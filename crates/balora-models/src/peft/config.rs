@@ -14,8 +14,8 @@
 //! A field in none of the groups (written by a newer PEFT) is accepted with a `tracing` warning
 //! naming it: new PEFT fields so far have all defaulted to "feature off".
 
-use crate::surgery::AdapterSpec;
 use crate::ModelError;
+use balora_adapter::LoraConfig;
 use serde_json::{Map, Value};
 
 /// Fields balora reads (a `null` value means "PEFT's default").
@@ -152,7 +152,7 @@ fn unsupported_init(v: &Value) -> Option<&'static str> {
 /// Accepts every field PEFT 0.21 writes; rejects a non-default value of a feature balora does
 /// not implement (DoRA, LoftQ, BD-LoRA, KaSA, ...), naming the field and value; warns on fields
 /// it does not know.
-pub fn parse_config(text: &str, origin: &str) -> Result<AdapterSpec, ModelError> {
+pub fn parse_config(text: &str, origin: &str) -> Result<LoraConfig, ModelError> {
     let err = |m: String| ModelError::Adapter {
         file: origin.to_string(),
         message: m,
@@ -202,5 +202,5 @@ pub fn parse_config(text: &str, origin: &str) -> Result<AdapterSpec, ModelError>
             return Err(err(format!("missing field `{req}`")));
         }
     }
-    serde_json::from_value(Value::Object(used)).map_err(|e| err(format!("bad field: {e}")))
+    super::wire::from_peft(text, used, origin)
 }

@@ -58,6 +58,19 @@ def merged_check(ours_path, merged_model):
     return msg, ok
 
 
+def balance_gap(path):
+    """max over pairs of ‖BᵀB − AAᵀ‖_F / (‖BᵀB‖_F + ‖AAᵀ‖_F), in float64."""
+    t = load_file(path)
+    worst = 0.0
+    for k, a in t.items():
+        if k.endswith("lora_A.weight"):
+            a = a.double()
+            b = t[k.replace("lora_A", "lora_B")].double()
+            ga, gb = a @ a.T, b.T @ b
+            worst = max(worst, ((gb - ga).norm() / (gb.norm() + ga.norm())).item())
+    return worst
+
+
 def main():
     fixtures, out = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
@@ -90,6 +103,10 @@ def main():
                             loaded += 1
             lines = [f"{family}/{variant}: PEFT loaded {loaded}/{len(keys)} tensors"]
             ok = loaded == len(keys)
+            gap = balance_gap(os.path.join(ad, "adapter_model.safetensors"))
+            lines.append(f"max ‖BᵀB−AAᵀ‖/‖·‖ {gap:.1e}")
+            if variant == "balanced":
+                ok &= gap < 1e-5
             with torch.no_grad():
                 if family == "bert":
                     h = pm.base_model.model.bert(input_ids=ids).last_hidden_state
@@ -102,6 +119,17 @@ def main():
                     m, o = diff("logits", ours["logits"], pm(input_ids=ids).logits)
                 lines.append(m)
                 ok &= o
+                # The comparison must be able to see the adapter: its effect on the outputs.
+                if family == "bert":
+                    out_now = lambda: pm.base_model.model.bert(input_ids=ids).last_hidden_state
+                else:
+                    out_now = lambda: pm(input_ids=ids).logits
+                now = out_now()
+                with pm.disable_adapter():
+                    plain = out_now()
+                effect = (now - plain).abs().max().item() / now.abs().max().item()
+                lines.append(f"adapter effect rel {effect:.2e}")
+                ok &= effect > 100 * REL_TOL
                 merged_path = os.path.join(out, family, f"{variant}.merged.safetensors")
                 if os.path.exists(merged_path):
                     m, o = merged_check(merged_path, pm.merge_and_unload())

@@ -2,7 +2,7 @@
 //! data, over a learning-rate × init-scale grid; writes a markdown report with SVG plots.
 
 use crate::config_cmd::JobArgs;
-use crate::train::{backend_of, load_base, resolve, run_method};
+use crate::train::{backend_of, load_base, resolve, run_method, MethodOpts};
 use anyhow::{Context, Result};
 use balora_config::{AdapterInit, JobConfig, Options};
 use balora_train::plot::{line_plot, Series};
@@ -29,6 +29,9 @@ pub struct CompareArgs {
     /// Markdown report path (plots are written beside it).
     #[arg(long, default_value = "runs/compare/report.md")]
     pub report: PathBuf,
+    /// Replace previous runs in the grid cells' folders.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 struct Method {
@@ -83,19 +86,83 @@ impl Cell {
     }
 }
 
+/// The config of one grid cell: `base` with the method, lr and init std applied, validated like
+/// `balora train` validates its config.
+fn cell_config(base: &JobConfig, m: &Method, lr: f64, std: f64, dir: &Path) -> Result<JobConfig> {
+    let mut cfg = base.clone();
+    cfg.trainer.lr = lr;
+    cfg.trainer.progress = false;
+    cfg.trainer.checkpoint_every = 0;
+    cfg.trainer.resume = false;
+    cfg.adapter.init = AdapterInit::Gaussian;
+    cfg.adapter.init_std = Some(std);
+    cfg.manifold.name = m.manifold.clone();
+    if m.manifold != base.manifold.name {
+        cfg.manifold.options = Options::default();
+    }
+    if let Some(o) = &m.optimizer {
+        cfg.optimizer.name = o.clone();
+        cfg.optimizer.options = Options::default();
+    }
+    cfg.output.dir = dir.to_path_buf();
+    cfg.validate().map_err(|e| {
+        let e = e.to_string();
+        let e = e.replace("`trainer.lr`", "`--lrs` (trainer.lr)");
+        let e = e.replace("`adapter.init_std`", "`--init-stds` (adapter.init_std)");
+        anyhow::anyhow!("{} lr {lr:e} init std {std:e}: {e}", m.label)
+    })?;
+    let manifolds: Vec<&str> = balora_manifold::manifold_entries()
+        .map(|e| e.name)
+        .collect();
+    if !manifolds.contains(&cfg.manifold.name.as_str()) {
+        anyhow::bail!(
+            "--method {}: unknown manifold `{}`; allowed: {}",
+            m.label,
+            cfg.manifold.name,
+            manifolds.join(", ")
+        );
+    }
+    let optimizers: Vec<&str> = balora_optim::optimizer_entries().map(|e| e.name).collect();
+    if !optimizers.contains(&cfg.optimizer.name.as_str()) {
+        anyhow::bail!(
+            "--method {}: unknown optimizer `{}`; allowed: {}",
+            m.label,
+            cfg.optimizer.name,
+            optimizers.join(", ")
+        );
+    }
+    Ok(cfg)
+}
+
 /// Runs the comparison.
 pub fn run(args: CompareArgs) -> Result<()> {
-    let base_cfg = JobConfig::load(args.job.config.as_deref(), &args.job.sets)?;
+    let mut base_cfg = JobConfig::load(args.job.config.as_deref(), &args.job.sets)?;
+    base_cfg.output.overwrite = args.overwrite;
     let methods: Vec<Method> = args
         .methods
         .iter()
         .map(|m| parse_method(m))
         .collect::<Result<_>>()?;
+    if methods.is_empty() || args.lrs.is_empty() || args.init_stds.is_empty() {
+        anyhow::bail!(
+            "the grid is empty: give at least one --method, --lrs value and --init-stds value"
+        );
+    }
     let out = args
         .job
         .out
         .clone()
         .unwrap_or_else(|| base_cfg.output.dir.join("compare"));
+    let cell_dir =
+        |m: &Method, lr: f64, std: f64| out.join(format!("{}-lr{lr:e}-std{std:e}", m.label));
+    // Every cell's config is checked before anything is loaded or trained.
+    for &lr in &args.lrs {
+        for &std in &args.init_stds {
+            for m in &methods {
+                cell_config(&base_cfg, m, lr, std, &cell_dir(m, lr, std))?;
+            }
+        }
+    }
     let res = resolve(&base_cfg)?;
     let backend = backend_of(base_cfg.backend);
     let t0 = Instant::now();
@@ -106,28 +173,32 @@ pub fn run(args: CompareArgs) -> Result<()> {
         for &lr in &args.lrs {
             for &std in &args.init_stds {
                 for m in &methods {
-                    let mut cfg = base_cfg.clone();
-                    cfg.trainer.lr = lr;
-                    cfg.trainer.progress = false;
-                    cfg.trainer.checkpoint_every = 0;
-                    cfg.trainer.resume = false;
-                    cfg.adapter.init = AdapterInit::Gaussian;
-                    cfg.adapter.init_std = Some(std);
-                    cfg.manifold.name = m.manifold.clone();
-                    if m.manifold != base_cfg.manifold.name {
-                        cfg.manifold.options = Options::default();
+                    let dir = cell_dir(m, lr, std);
+                    let cfg = cell_config(&base_cfg, m, lr, std, &dir)?;
+                    let mut inputs = vec![
+                        crate::run_dir::Input {
+                            what: "model",
+                            path: &res.model_path,
+                        },
+                        crate::run_dir::Input {
+                            what: "data",
+                            path: &res.data_path,
+                        },
+                    ];
+                    if let Some(c) = &args.job.config {
+                        inputs.push(crate::run_dir::Input {
+                            what: "config file",
+                            path: c,
+                        });
                     }
-                    if let Some(o) = &m.optimizer {
-                        cfg.optimizer.name = o.clone();
-                        cfg.optimizer.options = Options::default();
-                    }
-                    let dir = out.join(format!("{}-lr{lr:e}-std{std:e}", m.label));
+                    let _held = crate::run_dir::open(&dir, &cfg, &inputs, false)?;
                     tracing::info!(
                         "[{}/{total}] {} lr {lr:e} init std {std:e}",
                         cells.len() + 1,
                         m.label
                     );
-                    let o = run_method::<B>(&cfg, &base, &data, &dir, None, &device)?;
+                    let o =
+                        run_method::<B>(&cfg, &base, &data, &dir, MethodOpts::default(), &device)?;
                     cells.push(Cell {
                         method: m.label.clone(),
                         lr,

@@ -10,10 +10,10 @@ pub struct JobArgs {
     /// TOML job config (default: the built-in SmolLM2 + BaLoRA job).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Override a key, e.g. `--set trainer.lr=1e-4` (repeatable; env `BALORA_TRAINER__LR` too).
+    /// Override a key, e.g. `--set trainer.lr=1e-4` (repeatable; env `BALORA_TRAINER_LR` too).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// Output directory (default: the config's `output.dir`).
+    /// Output directory (sets `output.dir`; default: the config's).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -21,7 +21,8 @@ pub struct JobArgs {
 /// `balora config …`.
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
-    /// Print the merged config (defaults < file < BALORA_ env < --set) as TOML.
+    /// Print the merged config (defaults < file < BALORA_ env < --set, then --out as
+    /// `output.dir`) as TOML: what `balora train` with the same arguments would run.
     Show(JobArgs),
 }
 
@@ -29,7 +30,10 @@ pub enum ConfigCommand {
 pub fn run(cmd: ConfigCommand) -> Result<()> {
     match cmd {
         ConfigCommand::Show(a) => {
-            let cfg = JobConfig::load(a.config.as_deref(), &a.sets)?;
+            let mut cfg = JobConfig::load(a.config.as_deref(), &a.sets)?;
+            if let Some(out) = a.out {
+                cfg.output.dir = out;
+            }
             print!("{}", cfg.to_toml());
             Ok(())
         }

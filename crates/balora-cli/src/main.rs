@@ -11,6 +11,8 @@ mod generate;
 mod inspect;
 mod merge;
 mod plugins_link;
+mod run_dir;
+mod signals;
 mod train;
 
 use anyhow::{Context, Result};
@@ -68,7 +70,7 @@ enum Command {
     /// Re-factor a PEFT adapter onto the balanced manifold with the same products.
     Balance(balance::Args),
     /// Fine-tune a model (default: SmolLM2-135M + BaLoRA on Moby Dick, CPU, a few minutes).
-    Train(config_cmd::JobArgs),
+    Train(train::TrainArgs),
     /// Run LoRA and BaLoRA (and other methods) on one job over an lr × init-scale grid; write a report.
     Compare(compare::CompareArgs),
     /// Show the merged job configuration.
@@ -110,14 +112,25 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr (stdout carries results: `generate > out.txt` gets only the text), with
+    // colour only on a terminal and without NO_COLOR (https://no-color.org).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(use_colour())
         .init();
     if let Err(e) = run(cli.command) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let code = e.downcast_ref::<train::Interrupted>().map_or(1, |i| i.code);
+        std::process::exit(code);
     }
+}
+
+/// Colour codes in logs: only when stderr is a terminal and `NO_COLOR` is unset or empty.
+fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run(cmd: Command) -> Result<()> {
@@ -133,7 +146,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Balance(a) => balance::run(a),
-        Command::Train(a) => train::run(a.config.as_deref(), &a.sets, a.out),
+        Command::Train(a) => train::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Config(c) => config_cmd::run(c),
         Command::Plugins => {

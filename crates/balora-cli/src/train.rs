@@ -146,13 +146,45 @@ pub fn method_label(cfg: &JobConfig) -> String {
     format!("{m}-{}", cfg.optimizer.name)
 }
 
-/// Attaches adapters to `base` and trains per `cfg`; writes the PEFT adapter into `out/adapter`.
+/// How [`run_method`] may end early or resume.
+#[derive(Default, Clone, Copy)]
+pub struct MethodOpts {
+    /// Stop (with a checkpoint) after this step.
+    pub stop_after: Option<u64>,
+    /// Stop (with a checkpoint) when set (the SIGINT/SIGTERM flag).
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+    /// Resume although the checkpoint's schedule or method differs.
+    pub allow_config_change: bool,
+}
+
+/// Writes the PEFT adapter of `model` into `dir` as one atomic folder swap: built next to it,
+/// `fsync`ed, then exchanged with the old folder, so `adapter_config.json` and the weights always
+/// belong together (a crash leaves the old pair or the new pair).
+fn save_adapter_atomic<B: AutodiffBackend, M: balora_models::AdapterHost<B>>(
+    model: &M,
+    spec: &balora_config::LoraConfig,
+    meta: &AdapterMeta,
+    dir: &Path,
+) -> Result<()> {
+    use balora_formats::atomic::{replace_dir, staging_dir};
+    let stage = staging_dir(dir)?;
+    let r = save_adapter(model, spec, meta, &stage)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| replace_dir(&stage, dir).map_err(anyhow::Error::from));
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    r.with_context(|| format!("writing the adapter into {}", dir.display()))
+}
+
+/// Attaches adapters to `base` and trains per `cfg`; writes the PEFT adapter into `out/adapter`
+/// (not when the run was interrupted).
 pub fn run_method<B: AutodiffBackend>(
     cfg: &JobConfig,
     base: &Base<B>,
     data: &Dataset,
     out: &Path,
-    stop_after: Option<u64>,
+    mopts: MethodOpts,
     device: &B::Device,
 ) -> Result<TrainOutcome<()>>
 where
@@ -168,7 +200,9 @@ where
     let opts = RunOptions {
         out_dir: Some(out.to_path_buf()),
         method: method_label(cfg),
-        stop_after,
+        stop_after: mopts.stop_after,
+        stop: mopts.stop,
+        allow_config_change: mopts.allow_config_change,
     };
     B::seed(device, cfg.trainer.seed);
     let meta = |task: &str| AdapterMeta {
@@ -194,8 +228,9 @@ where
                 &Objective::causal(),
                 device,
             )?;
-            std::fs::create_dir_all(&adapter_dir)?;
-            save_adapter(&o.model, &spec, &meta("CAUSAL_LM"), &adapter_dir)?;
+            if o.interrupted.is_none() {
+                save_adapter_atomic(&o.model, &spec, &meta("CAUSAL_LM"), &adapter_dir)?;
+            }
             strip(o)
         }
         Base::Bert(m) => {
@@ -211,8 +246,9 @@ where
                 &Objective::classifier(),
                 device,
             )?;
-            std::fs::create_dir_all(&adapter_dir)?;
-            save_adapter(&o.model, &spec, &meta("SEQ_CLS"), &adapter_dir)?;
+            if o.interrupted.is_none() {
+                save_adapter_atomic(&o.model, &spec, &meta("SEQ_CLS"), &adapter_dir)?;
+            }
             strip(o)
         }
     };
@@ -227,23 +263,136 @@ fn strip<M>(o: TrainOutcome<M>) -> TrainOutcome<()> {
         train_s: o.train_s,
         hook_s: o.hook_s,
         tokens: o.tokens,
+        interrupted: o.interrupted,
     }
 }
 
+/// Arguments of `balora train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The job (config file, --set overrides, output folder).
+    #[command(flatten)]
+    pub job: crate::config_cmd::JobArgs,
+    /// Replace a previous run in the output folder (sets `output.overwrite`).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// With `trainer.resume = true`: continue although the config differs from the stored one.
+    #[arg(long)]
+    pub allow_config_change: bool,
+}
+
+/// A run stopped by SIGINT/SIGTERM after writing a checkpoint (exit status 128 + signal).
+#[derive(Debug)]
+pub struct Interrupted {
+    /// Exit status.
+    pub code: i32,
+    /// What happened and how to resume.
+    pub message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The command line to continue an interrupted run.
+fn resume_command() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        *first = "balora".into();
+    }
+    args.retain(|a| a != "--overwrite");
+    if !args.iter().any(|a| a == "trainer.resume=true") {
+        args.extend(["--set".into(), "trainer.resume=true".into()]);
+    }
+    args.iter()
+        .map(|a| {
+            if a.chars()
+                .any(|c| c.is_whitespace() || "\"'$`*?[]{}()<>|;&".contains(c))
+            {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The job config of `balora train`: file < env < --set, then `--out` and `--overwrite`.
+pub fn job_config(a: &TrainArgs) -> Result<JobConfig> {
+    let mut cfg = JobConfig::load(a.job.config.as_deref(), &a.job.sets)?;
+    if let Some(out) = &a.job.out {
+        cfg.output.dir = out.clone();
+    }
+    if a.overwrite {
+        cfg.output.overwrite = true;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
 /// `balora train`.
-pub fn run(config: Option<&Path>, sets: &[String], out: Option<PathBuf>) -> Result<()> {
-    let cfg = JobConfig::load(config, sets)?;
+pub fn run(a: TrainArgs) -> Result<()> {
+    let cfg = job_config(&a)?;
     check_devices(&cfg)?;
-    let out = out.unwrap_or_else(|| cfg.output.dir.clone());
+    let out = cfg.output.dir.clone();
     let backend = backend_of(cfg.backend);
     let start = Instant::now();
     let res = resolve(&cfg)?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    balora_train::report::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut inputs = vec![
+        crate::run_dir::Input {
+            what: "model",
+            path: &res.model_path,
+        },
+        crate::run_dir::Input {
+            what: "data",
+            path: &res.data_path,
+        },
+    ];
+    if let Some(c) = &a.job.config {
+        inputs.push(crate::run_dir::Input {
+            what: "config file",
+            path: c,
+        });
+    }
+    for (what, p) in [
+        ("tokenizer", &cfg.model.tokenizer),
+        ("validation data", &cfg.data.validation_path),
+    ] {
+        if let Some(p) = p {
+            inputs.push(crate::run_dir::Input { what, path: p });
+        }
+    }
+    let run_dir = crate::run_dir::open(&out, &cfg, &inputs, a.allow_config_change)?;
+    crate::signals::install();
+    let mopts = MethodOpts {
+        stop_after: None,
+        stop: Some(&crate::signals::STOP),
+        allow_config_change: a.allow_config_change,
+    };
     let outcome = crate::backend::dispatch!(backend, |B, device| {
         let (base, data) = load_base::<B>(&cfg, &res, &device)?;
-        run_method::<B>(&cfg, &base, &data, &out, None, &device)?
+        run_method::<B>(&cfg, &base, &data, &out, mopts, &device)?
     })?;
+    if let Some(step) = outcome.interrupted {
+        let (name, code) = crate::signals::received().unwrap_or(("a stop request", 130));
+        let ck = balora_train::checkpoint::checkpoint_dir(&out.join("checkpoints"), step);
+        drop(run_dir);
+        return Err(Interrupted {
+            code,
+            message: format!(
+                "interrupted by {name} after step {step}/{}: checkpoint {}\nresume with: {}",
+                cfg.trainer.steps,
+                ck.display(),
+                resume_command()
+            ),
+        }
+        .into());
+    }
     let wall = start.elapsed().as_secs_f64();
     let plot = out.join("loss.svg");
     balora_train::plot::loss_plot(
@@ -275,6 +424,7 @@ pub fn run(config: Option<&Path>, sets: &[String], out: Option<PathBuf>) -> Resu
     println!("metrics:        {}", out.join("metrics.jsonl").display());
     println!("loss plot:      {}", plot.display());
     println!("checkpoints:    {}", out.join("checkpoints").display());
+    drop(run_dir);
     Ok(())
 }
 

@@ -258,13 +258,16 @@ pub struct TrainerSection {
     pub seed: u64,
     /// Devices (`cpu`, `cuda:0`, …); more than one = data parallel.
     pub devices: Vec<String>,
-    /// Write a checkpoint every N steps (0 = only at the end).
+    /// Write a checkpoint every N steps (default 20; 0 = only at the end). A checkpoint is also
+    /// written at the end and when SIGINT/SIGTERM stops the run.
     pub checkpoint_every: u64,
     /// Keep the last N checkpoints.
     pub keep_checkpoints: usize,
-    /// Resume from the newest checkpoint in the output dir, if any.
+    /// Resume from the newest intact checkpoint in the output dir (an error if there is none,
+    /// or if the stored run config differs in method, model, adapter, data or schedule).
     pub resume: bool,
-    /// Show a progress bar.
+    /// Show step progress on stderr: a bar on a terminal, else a log line every 10 steps or
+    /// 5 seconds.
     pub progress: bool,
 }
 
@@ -283,7 +286,7 @@ impl Default for TrainerSection {
             eval_batches: 2,
             seed: 0,
             devices: vec!["cpu".into()],
-            checkpoint_every: 0,
+            checkpoint_every: 20,
             keep_checkpoints: 2,
             resume: false,
             progress: true,
@@ -295,14 +298,19 @@ impl Default for TrainerSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
-    /// Run directory (metrics, checkpoints, adapter, plots).
+    /// Run directory (metrics, checkpoints, adapter, plots). It must be empty or absent unless
+    /// `overwrite` or `trainer.resume`, and must not contain the run's inputs.
     pub dir: PathBuf,
+    /// Replace a previous run in `dir` (its config, metrics, plot, adapter and checkpoints are
+    /// removed first; other files are left alone). `balora train --overwrite` sets it.
+    pub overwrite: bool,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("runs/train"),
+            overwrite: false,
         }
     }
 }
@@ -367,6 +375,12 @@ impl JobConfig {
         }
         if t.keep_checkpoints == 0 {
             return Err(bad("trainer.keep_checkpoints", "must be ≥ 1"));
+        }
+        if t.resume && self.output.overwrite {
+            return Err(bad(
+                "output.overwrite",
+                "cannot be combined with trainer.resume = true (overwrite deletes the checkpoints to resume from)",
+            ));
         }
         if self.model.family == ModelFamily::Bert && self.data.format != DataFormat::Classification
         {

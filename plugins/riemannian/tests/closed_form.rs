@@ -1,7 +1,8 @@
 //! Riemannian-preconditioned SGD/AdamW against the rule written out in f64 here: the r×r
 //! preconditioners inverted with nalgebra's general `try_inverse` (the plugin uses Cholesky),
 //! the updates element by element. Through the optimizer alone (given gradients) and through
-//! the `OptimizerDriver` on a real `LoraLinear` (autodiff gradients, batched Grams).
+//! the `OptimizerDriver` on a real `LoraLinear` (autodiff gradients, batched Grams). Moment
+//! transport is checked against the math in `transport.rs`.
 
 extern crate balora_plugin_riemannian;
 
@@ -230,69 +231,4 @@ fn registered_options_validated() {
         .with("base", OptionValue::Str("sgd".into()))
         .with("beta1", OptionValue::Float(0.9));
     assert!(build_optimizer::<B>("riemannian", &bad).is_err());
-}
-
-#[test]
-fn transport_carries_momentum_like_the_factors() {
-    // SGD with momentum: two steps, a re-factorisation (A, B) → (Q·A, B·P), two more steps.
-    // With `transport`, the reference moves the momentum as m_A ← Q·m_A, m_B ← m_B·P.
-    let (r, n_in, n_out) = (2, 5, 4);
-    let (lr, mu, delta) = (0.05, 0.9, 1e-2);
-    let p = DMatrix::from_row_slice(r, r, &[1.3, 0.4, -0.2, 0.7]);
-    let q = p.clone().try_inverse().unwrap();
-    let transform = balora_optim::GaugeTransform {
-        p: p.clone(),
-        q: q.clone(),
-    };
-    for transport in [false, true] {
-        let opts = Options::default()
-            .with("base", OptionValue::Str("sgd".into()))
-            .with("momentum", OptionValue::Float(mu))
-            .with("delta", OptionValue::Float(delta))
-            .with("transport", OptionValue::Bool(transport));
-        let mut opt = build_optimizer::<B>("riemannian", &opts).unwrap();
-        let (mut a, mut b) = (rand_mat(r, n_in, 11), rand_mat(n_out, r, 12));
-        let (mut ma, mut mb) = (
-            DMatrix::<f64>::zeros(r, n_in),
-            DMatrix::<f64>::zeros(n_out, r),
-        );
-        let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
-        for t in 0..4u64 {
-            if t == 2 {
-                a = &q * &a;
-                b = &b * &p;
-                (ta, tb) = (tensor(&a), tensor(&b));
-                opt.on_refactor("l", &transform);
-                if transport {
-                    ma = &q * &ma;
-                    mb = &mb * &p;
-                }
-            }
-            let (ga, gb) = (rand_mat(r, n_in, 70 + t), rand_mat(n_out, r, 80 + t));
-            (ta, tb) = opt.step_pair(
-                "l",
-                lr,
-                PairStep {
-                    a: ta,
-                    b: tb,
-                    grad_a: tensor(&ga),
-                    grad_b: tensor(&gb),
-                    grams: None,
-                },
-            );
-            let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
-            ma = ma * mu + pa;
-            mb = mb * mu + pb;
-            a -= &ma * lr;
-            b -= &mb * lr;
-            let (ea, eb) = (
-                rel_err(&matrix(ta.clone()), &a),
-                rel_err(&matrix(tb.clone()), &b),
-            );
-            assert!(
-                ea < 1e-5 && eb < 1e-5,
-                "step {t} transport={transport}: errors {ea:e} {eb:e}"
-            );
-        }
-    }
 }

@@ -439,7 +439,7 @@ impl GgufFile {
                             tensor: name.clone(),
                             found: shape,
                             expected: format!(
-                                "a whole number of {} blocks of {per} elements",
+                                "a whole number of {} blocks of {per} elements whose byte size fits in memory",
                                 ggml_type.name()
                             ),
                         })

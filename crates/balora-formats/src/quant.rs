@@ -96,11 +96,14 @@ impl GgmlType {
         })
     }
 
-    /// Bytes taken by `n` elements, `None` when the type has no known geometry or `n` is not a
-    /// whole number of blocks.
+    /// Bytes taken by `n` elements, `None` when the type has no known geometry, `n` is not a
+    /// whole number of blocks or the size overflows `usize` (a crafted shape).
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (per, bytes) = self.block()?;
-        (n.checked_rem(per) == Some(0)).then(|| n / per * bytes)
+        if n.checked_rem(per) != Some(0) {
+            return None;
+        }
+        (n / per).checked_mul(bytes)
     }
 
     /// ggml's name of the type (`"Q4_1"`, `"type 23"` for unknown ones).

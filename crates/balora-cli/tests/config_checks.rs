@@ -1,0 +1,91 @@
+//! Config handling of the CLI: `BALORA_<SECTION>_<KEY>` environment keys, unknown `BALORA_`
+//! variables, `config show --out`, and `compare` validating its grid like `train` validates a job.
+
+use std::process::Command;
+
+fn balora() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_balora"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BALORA_") && k != "BALORA_ASSETS" && k != "BALORA_REQUIRE_ASSETS" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn show(envs: &[(&str, &str)], extra: &[&str]) -> (bool, String, String) {
+    let o = balora()
+        .args(["config", "show"])
+        .args(extra)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn value(toml_text: &str, section: &str, key: &str) -> toml::Value {
+    let t: toml::Table = toml::from_str(toml_text).unwrap();
+    t[section][key].clone()
+}
+
+#[test]
+fn env_keys_with_one_or_two_underscores_set_the_key() {
+    let (ok, out, e) = show(&[("BALORA_TRAINER_STEPS", "17")], &[]);
+    assert!(ok, "{e}");
+    assert_eq!(value(&out, "trainer", "steps").as_integer(), Some(17));
+    let (ok, out, e) = show(&[("BALORA_TRAINER__WARMUP_STEPS", "5")], &[]);
+    assert!(ok, "{e}");
+    assert_eq!(value(&out, "trainer", "warmup_steps").as_integer(), Some(5));
+    let (ok, _, e) = show(&[("BALORA_TRAINR_STEPS", "17")], &[]);
+    assert!(!ok && e.contains("BALORA_TRAINR_STEPS"), "{e}");
+}
+
+#[test]
+fn config_show_out_sets_the_output_dir() {
+    let (ok, out, e) = show(&[], &["--out", "runs/elsewhere"]);
+    assert!(ok, "{e}");
+    assert_eq!(
+        value(&out, "output", "dir").as_str(),
+        Some("runs/elsewhere")
+    );
+}
+
+#[test]
+fn compare_rejects_a_bad_grid_before_loading_anything() {
+    let dir = std::env::temp_dir().join(format!("balora-cmp-{}", std::process::id()));
+    for (flag, value, named) in [
+        ("--init-stds", "0", "--init-stds"),
+        ("--init-stds", "0.01,-1", "--init-stds"),
+        ("--lrs", "nan", "--lrs"),
+        ("--lrs", "0", "--lrs"),
+    ] {
+        let o = balora()
+            .args(["compare", flag, value, "--out"])
+            .arg(&dir)
+            .arg("--report")
+            .arg(dir.join("r.md"))
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{flag} {value} accepted");
+        assert!(
+            e.contains(named) && e.contains("must be > 0"),
+            "{flag} {value}: {e}"
+        );
+        assert!(!dir.exists(), "{flag} {value}: wrote {}", dir.display());
+    }
+    let o = balora()
+        .args(["compare", "--method", "X=nosuchmanifold", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("nosuchmanifold") && e.contains("balanced"),
+        "{e}"
+    );
+}

@@ -1,6 +1,6 @@
 use balora_adapter::{apply_manifold_autodiff, HookReport, ManifoldHookError};
 use balora_manifold::{build_manifold, Manifold, ManifoldError, Options};
-use balora_optim::{build_optimizer, OptimError, OptimizerDriver, RegistryBackend};
+use balora_optim::{build_optimizer, OptimError, OptimizerDriver, RegistryBackend, TransportMode};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
@@ -46,6 +46,20 @@ pub struct StepReport {
     pub hook_s: f64,
 }
 
+impl StepReport {
+    /// Adapters the hook balanced only on their active rank (numerical rank of `B·A` below r),
+    /// or `None` when the manifold did not run at this step (e.g. plain LoRA).
+    pub fn rank_deficient(&self) -> Option<usize> {
+        (self.hook.adapters > 0).then_some(self.hook.rank_deficient)
+    }
+
+    /// Adapters the hook left unchanged, and so unbalanced, because `B·A = 0` (e.g. `B = 0`),
+    /// or `None` when the manifold did not run at this step.
+    pub fn zero_product(&self) -> Option<usize> {
+        (self.hook.adapters > 0).then_some(self.hook.zero_product)
+    }
+}
+
 /// Optimizer + manifold: the data flow `grads → optimizer step → manifold hook → state transport`.
 ///
 /// ```
@@ -78,8 +92,25 @@ impl<B: AutodiffBackend> TrainStepper<B>
 where
     B::InnerBackend: RegistryBackend,
 {
-    /// Builds the optimizer and manifold from their registered names.
+    /// Builds the optimizer and manifold from their registered names, and logs
+    /// [`transport_warning`](Self::transport_warning) (once, here, at setup) if there is one.
     pub fn from_names(
+        optimizer: &str,
+        optimizer_options: &Options,
+        manifold: &str,
+        manifold_options: &Options,
+    ) -> Result<Self, TrainError> {
+        let stepper =
+            Self::from_names_quiet(optimizer, optimizer_options, manifold, manifold_options)?;
+        if let Some(warning) = stepper.transport_warning() {
+            tracing::warn!("{warning}");
+        }
+        Ok(stepper)
+    }
+
+    /// [`from_names`](Self::from_names) without the setup warning (for many identical runs
+    /// whose caller warns once).
+    pub fn from_names_quiet(
         optimizer: &str,
         optimizer_options: &Options,
         manifold: &str,
@@ -123,6 +154,25 @@ impl<B: AutodiffBackend> TrainStepper<B> {
     /// The manifold.
     pub fn manifold(&self) -> &dyn Manifold {
         self.manifold.as_ref()
+    }
+
+    /// A warning when the optimizer keeps moments but does not transport them while the
+    /// manifold uses the canonical gauge, which flips the signs (and at ties the order) of the
+    /// factors' rows from one step to the next: the moments then point the wrong way for those
+    /// rows (about 100× worse than with transport on the synthetic experiment; see
+    /// `docs/transport.md`). `None` otherwise.
+    pub fn transport_warning(&self) -> Option<String> {
+        let canonical = self.manifold.name() == "balanced(canonical)";
+        let optimizer = &self.driver.inner;
+        (canonical && optimizer.moment_transport() == Some(TransportMode::Off)).then(|| {
+            format!(
+                "optimizer `{}` keeps moments but does not transport them, and the canonical \
+                 gauge re-orients the adapters' factors every step, so the moments point the \
+                 wrong way (about 100x worse on the synthetic experiment): set \
+                 `transport = true` in the optimizer options, or use `gauge = \"closest\"`",
+                optimizer.name()
+            )
+        })
     }
 
     /// One step: optimizer update, then the manifold hook, then state transport.

@@ -213,7 +213,7 @@ where
     ));
     let eye = Tensor::<B, 2>::eye(dim, device);
     let target_t = to_tensor::<B>(&problem.target.transpose(), device);
-    let mut stepper = TrainStepper::<B>::from_names(
+    let mut stepper = TrainStepper::<B>::from_names_quiet(
         &optimizer.name,
         &optimizer.options,
         &method.manifold,
@@ -288,6 +288,16 @@ where
     let problems: Vec<Problem> = (0..cfg.trajectories)
         .map(|i| Problem::sample(cfg.dim, cfg.rank, cfg.seed, i))
         .collect();
+    // The runs build their steppers quietly; warn once per cell here.
+    for m in &cfg.methods {
+        for o in &cfg.optimizers {
+            let stepper =
+                TrainStepper::<B>::from_names_quiet(&o.name, &o.options, &m.manifold, &m.options)?;
+            if let Some(w) = stepper.transport_warning() {
+                tracing::warn!("{} with {}: {w}", m.label, o.label);
+            }
+        }
+    }
     let grid = cfg.lr_grid();
     let mut jobs = Vec::new();
     for (mi, _) in cfg.methods.iter().enumerate() {

@@ -96,6 +96,12 @@ pub struct MetricRecord {
     /// Seconds of the manifold hook in this step (train).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_s: Option<f64>,
+    /// Adapters balanced only on their active rank at this step (train, when the manifold ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_deficient: Option<usize>,
+    /// Adapters left unbalanced because `B·A = 0` at this step (train, when the manifold ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_product: Option<usize>,
     /// Tokens trained on so far.
     pub tokens: u64,
     /// Training seconds so far (evaluation excluded).
@@ -365,6 +371,8 @@ where
             grad_norm: None,
             step_s: None,
             hook_s: None,
+            rank_deficient: None,
+            zero_product: None,
             tokens,
             elapsed_s: elapsed,
         })
@@ -451,6 +459,8 @@ where
             grad_norm: Some(grad_norm),
             step_s: Some(step_s),
             hook_s: Some(report.hook_s),
+            rank_deficient: report.rank_deficient(),
+            zero_product: report.zero_product(),
             tokens,
             elapsed_s: elapsed0 + train_s,
         };

@@ -22,7 +22,10 @@ impl Xtask {
         let py = self.tch_venv().join("bin/python");
         let probe = capture(
             &py.to_string_lossy(),
-            &["-c", "import torch, transformers, peft; print(peft.__version__)"],
+            &[
+                "-c",
+                "import torch, transformers, peft; print(peft.__version__)",
+            ],
         );
         let Some(peft) = probe else {
             bail!(
@@ -36,7 +39,15 @@ impl Xtask {
         let _ = std::fs::remove_dir_all(&out);
         run(self
             .cargo()
-            .args(["run", "-q", "-p", "balora-models", "--example", "peft_roundtrip", "--"])
+            .args([
+                "run",
+                "-q",
+                "-p",
+                "balora-models",
+                "--example",
+                "peft_roundtrip",
+                "--",
+            ])
             .arg(&fixtures)
             .arg(&out))?;
         run(self.cargo().args(["build", "-q", "-p", "balora-cli"]))?;

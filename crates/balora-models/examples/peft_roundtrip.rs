@@ -17,8 +17,8 @@ use balora_models::load::{load_bert_hf_dir, load_causal_lm};
 use balora_models::peft::{load_adapter, save_adapter, AdapterMeta};
 use balora_models::weights::to_vec;
 use balora_models::{
-    attach, AdapterHost, AdapterSpec, BertForSequenceClassification, CausalLm, ModuleSelector,
-    Pooling, SequenceClassifier,
+    attach, AdapterHost, BertForSequenceClassification, CausalLm, LoraConfig, ModuleSelector,
+    Patterns, Pooling, SequenceClassifier,
 };
 use burn::backend::NdArray;
 use burn::module::Param;
@@ -53,8 +53,7 @@ fn randomize<M: AdapterHost<B>>(m: M, seed: u64) -> M {
             let av: Vec<f32> = (0..r * din).map(|_| 0.5 * next()).collect();
             let bv: Vec<f32> = (0..dout * r).map(|_| 0.1 * next()).collect();
             a.lora_a = Param::from_tensor(Tensor::from_data(TensorData::new(av, [r, din]), &dev));
-            a.lora_b =
-                Param::from_tensor(Tensor::from_data(TensorData::new(bv, [dout, r]), &dev));
+            a.lora_b = Param::from_tensor(Tensor::from_data(TensorData::new(bv, [dout, r]), &dev));
         }
         l
     })
@@ -65,7 +64,7 @@ fn write_json(path: &Path, v: serde_json::Value) -> Res<()> {
     Ok(())
 }
 
-fn lm(fixtures: &Path, out: &Path, family: &str, spec: &AdapterSpec) -> Res<()> {
+fn lm(fixtures: &Path, out: &Path, family: &str, spec: &LoraConfig) -> Res<()> {
     let dev = Default::default();
     let base_dir = fixtures.join(family).join("base");
     let load = || load_causal_lm::<B>(&base_dir, &dev).map(|l| l.model);
@@ -90,7 +89,7 @@ fn lm(fixtures: &Path, out: &Path, family: &str, spec: &AdapterSpec) -> Res<()> 
     Ok(())
 }
 
-fn bert(fixtures: &Path, out: &Path, spec: &AdapterSpec) -> Res<()> {
+fn bert(fixtures: &Path, out: &Path, spec: &LoraConfig) -> Res<()> {
     let dev = Default::default();
     let base_dir = fixtures.join("bert").join("base");
     let load = || -> Res<BertForSequenceClassification<B>> {
@@ -130,16 +129,16 @@ fn main() -> Res<()> {
         return Err("usage: peft_roundtrip <fixtures/peft_real> <out dir>".into());
     };
     let list = |v: &[&str]| ModuleSelector::List(v.iter().map(|s| s.to_string()).collect());
-    let mut llama = AdapterSpec::new(4, 8.0, ModuleSelector::Regex("all-linear".into()));
-    llama.rank_pattern.insert("down_proj".into(), 2);
-    llama.alpha_pattern.insert("o_proj".into(), 12.0);
+    let mut llama = LoraConfig::new(4, 8.0, ModuleSelector::Regex("all-linear".into()))?;
+    llama.rank_pattern = Patterns::ordered(vec![("down_proj".into(), 2)]);
+    llama.alpha_pattern = Patterns::ordered(vec![("o_proj".into(), 12.0)]);
     lm(fixtures, out, "llama", &llama)?;
-    let mut qwen2 = AdapterSpec::new(8, 4.0, list(&["q_proj", "v_proj", "up_proj"]));
-    qwen2.use_rslora = true;
-    qwen2.layers_to_transform = Some(balora_models::LayerSelector::Many(vec![1]));
+    let mut qwen2 = LoraConfig::new(8, 4.0, list(&["q_proj", "v_proj", "up_proj"]))?;
+    qwen2.rslora = true;
+    qwen2.layers_to_transform = vec![1];
     lm(fixtures, out, "qwen2", &qwen2)?;
-    let mut cls = AdapterSpec::new(4, 16.0, list(&["query", "value"]));
-    cls.modules_to_save = Some(vec!["classifier".into()]);
+    let mut cls = LoraConfig::new(4, 16.0, list(&["query", "value"]))?;
+    cls.modules_to_save = vec!["classifier".into()];
     bert(fixtures, out, &cls)?;
     Ok(())
 }

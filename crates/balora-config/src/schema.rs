@@ -356,7 +356,10 @@ impl JobConfig {
             ));
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(bad("trainer.lr", format!("must be > 0, got {}", t.lr)));
+            return Err(bad(
+                "trainer.lr",
+                format!("must be > 0 and finite, got {}", t.lr),
+            ));
         }
         if !(0.0..=1.0).contains(&t.min_lr_ratio) {
             return Err(bad("trainer.min_lr_ratio", "must be in [0, 1]"));

@@ -17,7 +17,10 @@ writes), and records for fixed token ids:
 Output: crates/balora-models/tests/fixtures/peft_real/<family>/{base/,adapter/,expected.safetensors,
 expected.json}. The Rust tests (crates/balora-models/tests/peft_real.rs) read only these files.
 
-    target/tch-venv/bin/python tools/reference/peft_real_fixtures.py
+    PYTHONHASHSEED=0 target/tch-venv/bin/python tools/reference/peft_real_fixtures.py
+
+(The tensors are the same on every run; PEFT writes target_modules from a Python set, whose
+order follows the hash seed.)
 """
 import json
 import os
@@ -181,6 +184,22 @@ def feature_configs():
         "use_bdlora": dict(use_bdlora=BdLoraConfig(target_modules_bd_a=["q_proj"], nblocks=2)),
         "velora_config": dict(velora_config=VeloraConfig()),
     }
+    write_configs(base, cases, "feature_configs.json")
+    # Initialisations that leave the base untouched: the saved factors are plain LoRA.
+    from peft.tuners.lora.config import EvaConfig
+
+    accepted = {
+        "init_false": dict(init_lora_weights=False),
+        "init_gaussian": dict(init_lora_weights="gaussian"),
+        "init_orthogonal": dict(init_lora_weights="orthogonal"),
+        "init_eva": dict(init_lora_weights="eva", eva_config=EvaConfig(rho=1.5)),
+    }
+    write_configs(base, accepted, "accepted_configs.json")
+
+
+def write_configs(base, cases, file):
+    import tempfile
+
     out = {}
     for name, kw in cases.items():
         with tempfile.TemporaryDirectory() as d:
@@ -191,9 +210,9 @@ def feature_configs():
                 continue
             with open(os.path.join(d, "adapter_config.json")) as f:
                 out[name] = json.load(f)
-    with open(os.path.join(OUT, "feature_configs.json"), "w") as f:
+    with open(os.path.join(OUT, file), "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
-    print(f"feature configs: {sorted(out)}")
+    print(f"{file}: {sorted(out)}")
 
 
 if __name__ == "__main__":

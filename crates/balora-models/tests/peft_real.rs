@@ -150,6 +150,22 @@ fn unsupported_features_are_named_with_their_value() {
     assert!(e.contains("LOHA"), "{e}");
 }
 
+#[test]
+fn initialisations_that_keep_the_base_are_read() {
+    let text = std::fs::read_to_string(root("").join("accepted_configs.json")).unwrap();
+    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(all.len(), 4, "accepted_configs.json: {:?}", all.keys());
+    for (case, cfg) in &all {
+        let c = parse_config(&cfg.to_string(), case).unwrap_or_else(|e| {
+            panic!(
+                "{case} (init_lora_weights = {}): {e}",
+                cfg["init_lora_weights"]
+            )
+        });
+        assert_eq!((c.r, c.alpha), (4, 8.0), "{case}");
+    }
+}
+
 fn lm_reproduces_peft(family: &str) {
     let exp = expected(family);
     let base = lm(family);

@@ -131,6 +131,7 @@ const FEATURES: &[(&str, Default_, &str)] = &[
 
 /// `init_lora_weights` values whose saved factors only make sense on a base model PEFT changed
 /// at initialisation (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA), or that select a LoRA variant (MiCA).
+/// `true`, `false`, `"gaussian"`, `"eva"` and `"orthogonal"` leave the base alone and are read.
 fn unsupported_init(v: &Value) -> Option<&'static str> {
     let s = v.as_str()?;
     if s == "pissa" || s.starts_with("pissa_niter_") {
@@ -196,6 +197,14 @@ pub fn parse_config(text: &str, origin: &str) -> Result<LoraConfig, ModelError> 
              LoRA with PEFT (`path_initial_model_for_weight_conversion` in save_pretrained) first",
             used["init_lora_weights"]
         )));
+    }
+    // Initialisations that leave the base untouched produce plain LoRA factors: once saved,
+    // the adapter is read like one initialised the default way (the init only matters for
+    // fresh adapters, which a loaded file does not create).
+    if let Some(v) = used.get_mut("init_lora_weights") {
+        if matches!(v, Value::Bool(false)) || v == "eva" || v == "orthogonal" {
+            *v = Value::Bool(true);
+        }
     }
     for req in ["r", "lora_alpha", "target_modules"] {
         if !used.contains_key(req) {

@@ -116,7 +116,7 @@ fn gaussian_init_draws_a_with_the_resolved_std() {
     c.init = AdapterInit::Gaussian;
     c.rank_pattern = Patterns::ordered(vec![("wide".into(), 2)]);
     let dev = Default::default();
-    burn::tensor::backend::Backend::seed(&dev, 7);
+    <NdArray as burn::tensor::backend::Backend>::seed(&dev, 7);
     for (path, r, std) in [("m.narrow", 4usize, 0.25), ("m.wide", 2, 0.5)] {
         let l = balora_adapter::LoraLinear::<NdArray>::new(4000, 8, false, &dev)
             .with_adapter(&c.resolve(path).unwrap(), &dev);

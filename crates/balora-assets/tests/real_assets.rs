@@ -1,16 +1,14 @@
 //! The downloaded corpora are where the accessors say (skipped, naming `cargo xtask assets`,
-//! when they are not downloaded).
+//! when they are not downloaded; with `BALORA_REQUIRE_ASSETS=1` a missing asset fails the test:
+//! every asset goes through [`balora_assets::for_test`]).
 
-use balora_assets::{default_cache_dir, find, AssetError};
-
-fn present<T>(r: Result<T, AssetError>) -> Option<T> {
-    r.map_err(|e| eprintln!("SKIPPED: {e}")).ok()
-}
+use balora_assets::{default_cache_dir, find, for_test};
 
 #[test]
 fn corpora_accessors_point_at_the_texts() {
     let a = find(&default_cache_dir());
-    if let Some(plays) = present(a.shakespeare_plays()) {
+    if for_test("shakespeare").is_some() {
+        let plays = a.shakespeare_plays().unwrap();
         assert_eq!(
             plays.len(),
             38,
@@ -21,15 +19,15 @@ fn corpora_accessors_point_at_the_texts() {
                 .unwrap();
         assert!(hamlet.starts_with("# Hamlet") && hamlet.contains("To be, or not to be"));
     }
-    if let Some(moby) = present(a.moby_dick_text()) {
-        let text = std::fs::read_to_string(moby).unwrap();
+    if for_test("moby-dick").is_some() {
+        let text = std::fs::read_to_string(a.moby_dick_text().unwrap()).unwrap();
         assert!(text.starts_with("CHAPTER 1. Loomings.") && text.contains("Call me Ishmael."));
     }
-    if let Some(chat) = present(a.chatterbot_dir()) {
-        let ai = std::fs::read_to_string(chat.join("ai.yml")).unwrap();
+    if for_test("chatterbot").is_some() {
+        let ai = std::fs::read_to_string(a.chatterbot_dir().unwrap().join("ai.yml")).unwrap();
         assert!(ai.contains("conversations:") && ai.contains("- - What is AI?"));
     }
-    if let Some(minilm) = present(a.minilm_dir()) {
+    if let Some(minilm) = for_test("minilm") {
         for f in [
             "model.safetensors",
             "tokenizer.json",
@@ -39,7 +37,7 @@ fn corpora_accessors_point_at_the_texts() {
             assert!(minilm.join(f).is_file(), "{f}");
         }
     }
-    if let Some(gguf) = present(a.smollm2_gguf()) {
+    if let Some(gguf) = for_test("smollm2") {
         assert_eq!(std::fs::read(&gguf).unwrap()[..4], *b"GGUF");
     }
 }

@@ -1,6 +1,7 @@
 //! Golden tests on the real assets (SmolLM2-135M GGUF, all-MiniLM-L6-v2) against references
 //! computed independently in Python (`tools/reference/*.py`, outputs in `tests/data/`).
-//! Skipped, with a message naming `cargo xtask assets`, when the assets are not downloaded.
+//! Skipped, with a message naming `cargo xtask assets`, when the assets are not downloaded —
+//! unless `BALORA_REQUIRE_ASSETS=1`, when a missing asset fails the test ([`balora_assets::for_test`]).
 
 use balora_formats::{
     load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgmlType, GgufFile, LlamaHfView,
@@ -9,18 +10,6 @@ use balora_formats::{
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Instant;
-
-fn asset(
-    get: impl FnOnce(&balora_assets::AssetPaths) -> Result<PathBuf, balora_assets::AssetError>,
-) -> Option<PathBuf> {
-    match get(&balora_assets::find(&balora_assets::default_cache_dir())) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
 
 fn reference(name: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -82,7 +71,7 @@ fn check_tensor(data: &[f32], shape: &[usize], r: &Value) {
 
 #[test]
 fn smollm2_gguf_metadata_and_tensors_match_the_gguf_package() {
-    let Some(path) = asset(|a| a.smollm2_gguf()) else {
+    let Some(path) = balora_assets::for_test("smollm2") else {
         return;
     };
     let r = reference("smollm2_reference.json");
@@ -146,7 +135,7 @@ fn smollm2_gguf_metadata_and_tensors_match_the_gguf_package() {
 
 #[test]
 fn smollm2_hf_view_unpermutes_q_and_k_like_numpy() {
-    let Some(path) = asset(|a| a.smollm2_gguf()) else {
+    let Some(path) = balora_assets::for_test("smollm2") else {
         return;
     };
     let r = reference("smollm2_reference.json");
@@ -189,7 +178,7 @@ fn smollm2_hf_view_unpermutes_q_and_k_like_numpy() {
 
 #[test]
 fn smollm2_tokenizer_matches_reference_bpe() {
-    let Some(path) = asset(|a| a.smollm2_gguf()) else {
+    let Some(path) = balora_assets::for_test("smollm2") else {
         return;
     };
     let r = reference("smollm2_reference.json");
@@ -222,7 +211,7 @@ fn smollm2_tokenizer_matches_reference_bpe() {
 
 #[test]
 fn minilm_safetensors_config_and_tokenizer_match_reference() {
-    let Some(dir) = asset(|a| a.minilm_dir()) else {
+    let Some(dir) = balora_assets::for_test("minilm") else {
         return;
     };
     let r = reference("minilm_reference.json");

@@ -318,3 +318,16 @@ fn classifier_merge_parity_and_peft_keys() {
 fn spec_q() -> LoraConfig {
     LoraConfig::new(2, 4.0, ModuleSelector::List(vec!["query".into()])).unwrap()
 }
+
+#[test]
+fn gaussian_init_and_init_std_apply_per_layer_rank_on_bert() {
+    // The same rule as on Llama (tests/llama.rs): the surgery resolves every layer alike.
+    let dev = Default::default();
+    for init_std in [None, Some(0.01)] {
+        let bert = BertModel::<B>::load(&cfg(), &weights(3), &dev).unwrap();
+        let clf = BertForSequenceClassification::new(bert, 2, Pooling::Cls, &dev);
+        let spec = gaussian_spec("query", "value", init_std);
+        let (m, _) = attach(clf, &spec, &dev).unwrap();
+        check_gaussian_init(&a_rms(&m), "value", init_std);
+    }
+}

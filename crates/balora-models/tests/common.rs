@@ -224,3 +224,50 @@ pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
         .map(|(x, y)| (*x as f64 - y).abs())
         .fold(0.0, f64::max)
 }
+
+/// Per adapted layer: (module path, rank, root mean square of A). A is drawn with mean 0, so
+/// the RMS estimates the σ of a gaussian init (relative error ≈ 1/√(2·r·in)).
+pub fn a_rms<B: burn::tensor::backend::Backend, M: balora_models::AdapterHost<B>>(
+    m: &M,
+) -> Vec<(String, usize, f64)> {
+    m.linears()
+        .into_iter()
+        .filter_map(|(i, l)| {
+            let a = l.adapter.as_ref()?;
+            let v: Vec<f32> = a.lora_a.val().into_data().to_vec().unwrap();
+            let rms = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            Some((i.path.clone(), a.rank(), rms))
+        })
+        .collect()
+}
+
+/// The adapter config of the init tests: gaussian A, rank 4, `rank_pattern` giving `narrow`
+/// rank 2, targets `wide` and `narrow`.
+pub fn gaussian_spec(wide: &str, narrow: &str, init_std: Option<f64>) -> balora_models::LoraConfig {
+    let mut c = balora_models::LoraConfig::new(
+        4,
+        8.0,
+        balora_models::ModuleSelector::List(vec![wide.into(), narrow.into()]),
+    )
+    .unwrap();
+    c.init = balora_models::AdapterInit::Gaussian;
+    c.init_std = init_std;
+    c.rank_pattern = balora_models::Patterns::ordered(vec![(narrow.into(), 2)]);
+    c
+}
+
+/// Checks the σ of every adapted layer's A: `init_std` when given, else PEFT's 1/r with the
+/// layer's own rank (4 for `wide`, 2 for `narrow`). Tolerance 30%: the two candidate rules
+/// being told apart differ by a factor 2 (1/r per layer vs. 1/global r) or more.
+pub fn check_gaussian_init(layers: &[(String, usize, f64)], narrow: &str, init_std: Option<f64>) {
+    assert!(layers.len() >= 4, "{layers:?}");
+    for (path, r, rms) in layers {
+        let want_r = if path.ends_with(narrow) { 2 } else { 4 };
+        assert_eq!(*r, want_r, "{path}");
+        let want = init_std.unwrap_or(1.0 / want_r as f64);
+        assert!(
+            (rms / want - 1.0).abs() < 0.3,
+            "{path}: σ̂ = {rms}, want {want}"
+        );
+    }
+}

@@ -326,3 +326,15 @@ fn sampler_greedy_top_p_and_frequencies() {
         );
     }
 }
+
+#[test]
+fn gaussian_init_and_init_std_apply_per_layer_rank_on_llama() {
+    let t = tiny(false, false);
+    let w = t.weights(5);
+    let dev = Default::default();
+    for init_std in [None, Some(0.01)] {
+        let spec = gaussian_spec("q_proj", "v_proj", init_std);
+        let (m, _) = attach(load(&t, &w), &spec, &dev).unwrap();
+        check_gaussian_init(&a_rms(&m), "v_proj", init_std);
+    }
+}

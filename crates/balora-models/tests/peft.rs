@@ -420,3 +420,32 @@ fn balance_keeps_products_and_balances_grams() {
     std::fs::remove_dir_all(&out).ok();
     std::fs::remove_dir_all(&src).ok();
 }
+
+#[test]
+fn saved_config_keeps_the_pattern_order_and_reloads_the_same_ranks() {
+    // Generic key first: by PEFT's first-match rule layer 0's q_proj gets 3, not 5 (sorted
+    // alphabetically, "layers..." would come first and give 5).
+    let mut spec = LoraConfig::new(2, 4.0, ModuleSelector::Regex("all-linear".into())).unwrap();
+    spec.rank_pattern = Patterns::ordered(vec![
+        ("q_proj".into(), 3),
+        ("layers.0.self_attn.q_proj".into(), 5),
+    ]);
+    let (m, _) = attach(model(), &spec, &Default::default()).unwrap();
+    let ranks = adapted(&spec);
+    assert!(ranks.contains(&("model.layers.0.self_attn.q_proj".into(), 3)));
+    let dir = tmp("order");
+    save_adapter(&m, &spec, &AdapterMeta::default(), &dir).unwrap();
+    let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    let (g, s) = (
+        text.find("\"q_proj\": 3").unwrap(),
+        text.find("\"layers.0.self_attn.q_proj\": 5").unwrap(),
+    );
+    assert!(g < s, "{text}");
+    let (back, _) = load_adapter(model(), &dir, &Default::default()).unwrap();
+    let back_ranks: Vec<(String, usize)> = back
+        .linears()
+        .into_iter()
+        .filter_map(|(i, l)| l.adapter.as_ref().map(|a| (i.path.clone(), a.rank())))
+        .collect();
+    assert_eq!(back_ranks, ranks);
+}

@@ -288,7 +288,7 @@ fn sigint_writes_a_final_checkpoint_and_the_printed_resume_finishes() {
         (1..=step).collect::<Vec<_>>(),
         "checkpoint = last finished step"
     );
-    assert!(step >= 2 && step < 30, "{step}");
+    assert!((2..30).contains(&step), "{step}");
     // The printed resume command continues the run to the end.
     let line = e.lines().find(|l| l.starts_with("resume with: ")).unwrap();
     assert!(line.contains("--set trainer.resume=true"), "{line}");

@@ -347,6 +347,14 @@ fn atomic_err(e: balora_formats::atomic::AtomicError) -> CheckpointError {
     }
 }
 
+/// What [`Checkpoint::latest_intact`] found.
+pub struct LatestIntact {
+    /// The newest checkpoint that verified and loaded, with its folder.
+    pub found: Option<(PathBuf, Checkpoint)>,
+    /// Newer checkpoint folders that did not, with the reason, newest first.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
 impl Checkpoint {
     /// Writes the checkpoint under `root` atomically and keeps the newest `keep`.
     pub fn save(&self, root: &Path, keep: usize) -> Result<PathBuf, CheckpointError> {
@@ -444,21 +452,29 @@ impl Checkpoint {
     }
 
     /// The newest intact checkpoint under `root`, if any, with the newer ones that failed to
-    /// verify or load (folder and reason), newest first.
-    pub fn latest_intact(root: &Path) -> (Option<(PathBuf, Self)>, Vec<(PathBuf, String)>) {
+    /// verify or load.
+    pub fn latest_intact(root: &Path) -> LatestIntact {
         let mut skipped = Vec::new();
         for (_, dir) in list_checkpoints(root).into_iter().rev() {
             match Self::load(&dir) {
-                Ok(ck) => return (Some((dir, ck)), skipped),
+                Ok(ck) => {
+                    return LatestIntact {
+                        found: Some((dir, ck)),
+                        skipped,
+                    }
+                }
                 Err(e) => skipped.push((dir, e.to_string())),
             }
         }
-        (None, skipped)
+        LatestIntact {
+            found: None,
+            skipped,
+        }
     }
 
     /// The newest intact checkpoint under `root`, if any (see [`latest_intact`](Self::latest_intact)).
     pub fn latest(root: &Path) -> Result<Option<Self>, CheckpointError> {
-        Ok(Self::latest_intact(root).0.map(|(_, c)| c))
+        Ok(Self::latest_intact(root).found.map(|(_, c)| c))
     }
 }
 

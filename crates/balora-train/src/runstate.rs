@@ -93,7 +93,7 @@ impl Progress {
     /// Reports step `step` (`msg`: loss, lr, throughput).
     pub(crate) fn step(&mut self, step: u64, msg: String, elapsed_s: f64, done_here: u64) {
         if self.lines {
-            let due = step % PROGRESS_EVERY_STEPS == 0
+            let due = step.is_multiple_of(PROGRESS_EVERY_STEPS)
                 || step == self.total
                 || self.last_line.elapsed().as_secs_f64() >= PROGRESS_EVERY_S;
             if due {
@@ -137,7 +137,7 @@ pub(crate) fn prepare(
         }
         return Ok(None);
     }
-    let (found, skipped) = Checkpoint::latest_intact(root);
+    let crate::checkpoint::LatestIntact { found, skipped } = Checkpoint::latest_intact(root);
     for (dir, why) in &skipped {
         tracing::warn!("skipping damaged checkpoint {}: {why}", dir.display());
     }

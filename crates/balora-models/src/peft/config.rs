@@ -148,6 +148,15 @@ fn unsupported_init(v: &Value) -> Option<&'static str> {
     }
 }
 
+/// A JSON value for a message, cut to 120 characters (a hostile file may hold huge values).
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// Parses `adapter_config.json` text (`origin` names the file in errors).
 ///
 /// Accepts every field PEFT 0.21 writes; rejects a non-default value of a feature balora does
@@ -179,15 +188,17 @@ pub fn parse_config(text: &str, origin: &str) -> Result<LoraConfig, ModelError> 
         } else if let Some((_, default, what)) = FEATURES.iter().find(|(n, _, _)| n == k) {
             if !default.holds(val) {
                 return Err(err(format!(
-                    "field `{k}` = {val} asks for {what}, which balora does not implement \
-                     (only PEFT's default is accepted)"
+                    "field `{k}` = {} asks for {what}, which balora does not implement \
+                     (only PEFT's default is accepted)",
+                    short(val)
                 )));
             }
         } else {
             tracing::warn!(
                 file = origin,
                 field = k.as_str(),
-                "unknown adapter_config.json field `{k}` = {val} ignored (written by a newer PEFT?)"
+                "unknown adapter_config.json field `{k}` = {} ignored (written by a newer PEFT?)",
+                short(val)
             );
         }
     }
@@ -195,7 +206,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<LoraConfig, ModelError> 
         return Err(err(format!(
             "field `init_lora_weights` = {} is not supported: {why}; convert the adapter to plain \
              LoRA with PEFT (`path_initial_model_for_weight_conversion` in save_pretrained) first",
-            used["init_lora_weights"]
+            short(&used["init_lora_weights"])
         )));
     }
     // Initialisations that leave the base untouched produce plain LoRA factors: once saved,

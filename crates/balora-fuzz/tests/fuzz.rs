@@ -72,7 +72,7 @@ fn ctx() -> Ctx {
     Ctx { dir, dev, model }
 }
 
-fn target_gguf(bytes: &[u8], c: &Ctx) {
+fn target_gguf(bytes: &[u8], c: &Ctx) -> bool {
     use balora_formats::{tokenizer_from_gguf, GgufFile, TensorSource};
     let p = c.dir.path().join("in.gguf");
     std::fs::write(&p, bytes).unwrap();
@@ -92,11 +92,12 @@ fn target_gguf(bytes: &[u8], c: &Ctx) {
             max_tokens: 2,
             ..Default::default()
         };
-        let _ = balora_models::generate::try_generate(&lm.model, &ids, &opts, |_| {});
+        return balora_models::generate::try_generate(&lm.model, &ids, &opts, |_| {}).is_ok();
     }
+    false
 }
 
-fn target_safetensors(bytes: &[u8], c: &Ctx) {
+fn target_safetensors(bytes: &[u8], c: &Ctx) -> bool {
     use balora_formats::{SafetensorsFiles, TensorSource};
     let dir = c.dir.path().join("adapter");
     adapter::write_dir(&dir, &adapter::config_json(4, &["q_proj"]), bytes).unwrap();
@@ -107,7 +108,7 @@ fn target_safetensors(bytes: &[u8], c: &Ctx) {
         }
     }
     let Ok(w) = balora_models::st::read_safetensors(&p) else {
-        return;
+        return false;
     };
     let checked = balora_models::validate::check_adapter_pairs(&w);
     let _ = balora_models::balance::balance_adapter(
@@ -117,36 +118,41 @@ fn target_safetensors(bytes: &[u8], c: &Ctx) {
     );
     if checked.is_ok() {
         if let Ok(spec) = balora_models::peft::parse_config(&adapter::config_json(4, &["q_proj"]), "cfg") {
-            let _ = balora_models::peft::apply_adapter_tensors(c.model.clone(), &spec, &w, &c.dev);
+            return balora_models::peft::apply_adapter_tensors(c.model.clone(), &spec, &w, &c.dev)
+                .is_ok();
         }
     }
+    false
 }
 
-fn target_adapter_config(bytes: &[u8], c: &Ctx) {
+fn target_adapter_config(bytes: &[u8], c: &Ctx) -> bool {
     let Ok(text) = std::str::from_utf8(bytes) else {
-        return;
+        return false;
     };
-    if let Ok(spec) = balora_models::peft::parse_config(text, "adapter_config.json") {
-        let _ = balora_models::attach(c.model.clone(), &spec, &c.dev);
+    match balora_models::peft::parse_config(text, "adapter_config.json") {
+        Ok(spec) => balora_models::attach(c.model.clone(), &spec, &c.dev).is_ok(),
+        Err(_) => false,
     }
 }
 
-fn target_toml(bytes: &[u8], c: &Ctx) {
+fn target_toml(bytes: &[u8], c: &Ctx) -> bool {
     use balora_config::{load_layered, JobConfig, SECTIONS};
     let p = c.dir.path().join("job.toml");
     std::fs::write(&p, bytes).unwrap();
     // JobConfig::load without the environment (a prefix nobody sets).
     if let Ok(cfg) = load_layered(JobConfig::default(), Some(&p), "BALORA_FUZZ_NOENV_", Some(SECTIONS), &[]) {
-        let _ = cfg.validate();
         let _ = cfg.to_toml();
+        return cfg.validate().is_ok();
     }
+    false
 }
 
-fn target_jsonl(bytes: &[u8], c: &Ctx) {
+fn target_jsonl(bytes: &[u8], c: &Ctx) -> bool {
     use balora_config::{DataFormat, DataSection};
     let p = c.dir.path().join("data.jsonl");
     std::fs::write(&p, bytes).unwrap();
     let enc = encoder();
+    let mut deep = false;
     for format in [DataFormat::Jsonl, DataFormat::Classification] {
         let cfg = DataSection {
             format,
@@ -165,12 +171,15 @@ fn target_jsonl(bytes: &[u8], c: &Ctx) {
                 let refs: Vec<&balora_data::Example> = ds.train.iter().take(4).collect();
                 let b = balora_data::Batch::collate(&refs, ds.pad_id);
                 assert!(b.input_ids.iter().all(|&i| (0..21).contains(&i)));
+                deep = true;
             }
         }
     }
+    deep
 }
 
-type Target = fn(&[u8], &Ctx);
+/// Runs one input; `true` when it got through every stage (parsed, checked, used).
+type Target = fn(&[u8], &Ctx) -> bool;
 
 fn budget() -> (Duration, u64) {
     let secs: f64 = std::env::var("BALORA_FUZZ_SECS")
@@ -184,13 +193,16 @@ fn budget() -> (Duration, u64) {
     (Duration::from_secs_f64(secs.max(0.0)), seed)
 }
 
-/// Runs `target` on `seeds` then on mutations until `time` is spent; returns (inputs, failures).
-fn fuzz(kind: &str, target: Target, seeds: &[(String, Vec<u8>)], time: Duration, seed: u64, c: &Ctx) -> (usize, Vec<String>) {
+/// Runs `target` on `seeds` then on mutations until `time` is spent; returns (inputs, inputs
+/// that got through every stage, failures).
+fn fuzz(kind: &str, target: Target, seeds: &[(String, Vec<u8>)], time: Duration, seed: u64, c: &Ctx) -> (usize, usize, Vec<String>) {
     let fail_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
     let mut failures = Vec::new();
+    let mut deep = 0;
     let mut run = |label: &str, input: &[u8], n: usize| {
         let t = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(|| target(input, c)));
+        deep += usize::from(matches!(r, Ok(true)));
         let slow = t.elapsed() > Duration::from_secs(10);
         if r.is_err() || slow {
             std::fs::create_dir_all(&fail_dir).unwrap();
@@ -222,7 +234,7 @@ fn fuzz(kind: &str, target: Target, seeds: &[(String, Vec<u8>)], time: Duration,
         run(&format!("{} of seed {name}", kinds.join(" + ")), &input, n);
         n += 1;
     }
-    (n, failures)
+    (n, deep, failures)
 }
 
 #[test]
@@ -250,9 +262,9 @@ fn fuzz_every_reader_without_a_panic() {
     // The panic messages of caught panics still print (useful when one fails).
     for (kind, target, seeds) in &targets {
         let t = Instant::now();
-        let (n, f) = fuzz(kind, *target, seeds, share, seed, &c);
+        let (n, deep, f) = fuzz(kind, *target, seeds, share, seed, &c);
         println!(
-            "fuzz {kind}: {n} inputs ({} seeds + {} mutations) in {:.1} s, {} failures",
+            "fuzz {kind}: {n} inputs ({} seeds + {} mutations, {deep} accepted through every stage) in {:.1} s, {} failures",
             seeds.len(),
             n - seeds.len(),
             t.elapsed().as_secs_f64(),

@@ -16,7 +16,8 @@ use tokenizers::Tokenizer;
 
 /// Any `balora-formats` tensor source seen as [`Weights`]. Every tensor is checked to be
 /// finite as it is read ([`crate::validate::check_finite`]: a NaN or ±∞ weight is an error
-/// naming the tensor); the check costs ~1 % of a SmolLM2 load (see docs/robustness.md).
+/// naming the tensor). It is cheap enough to be always on: 37 ms over SmolLM2's 134.5 M values
+/// against a 2.2 s load, 1.7 % (`cargo test -p balora-fuzz --test real_assets -- --nocapture`).
 pub struct SourceWeights<'a>(pub &'a dyn TensorSource);
 
 impl Weights for SourceWeights<'_> {

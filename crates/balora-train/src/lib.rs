@@ -8,6 +8,7 @@
 //! [`synthetic`] is the paper's synthetic experiment (a 20×20 layer, rank 4) built on it.
 
 pub mod checkpoint;
+mod grads;
 pub mod loss;
 pub mod plot;
 pub mod report;
@@ -18,9 +19,8 @@ pub mod synthetic;
 pub mod tiny;
 mod trainer;
 
+pub use grads::clip_grad_norm;
 pub use runstate::{PROGRESS_EVERY_S, PROGRESS_EVERY_STEPS};
 pub use schedule::LrSchedule;
 pub use stepper::{StepReport, TrainError, TrainStepper};
-pub use trainer::{
-    clip_grad_norm, evaluate, train, Device, MetricRecord, Objective, RunOptions, TrainOutcome,
-};
+pub use trainer::{evaluate, train, Device, MetricRecord, Objective, RunOptions, TrainOutcome};

@@ -4,18 +4,17 @@
 use crate::checkpoint::{
     checkpoint_dir, load_trainable_params, trainable_params, Checkpoint, TrainerState,
 };
+use crate::grads::clip_grad_norm;
 use crate::loss::BatchLoss;
 use crate::runstate::{MetricsFile, Progress};
 use crate::schedule::LrSchedule;
 use crate::{TrainError, TrainStepper};
-use balora_adapter::collect_params;
 use balora_config::TrainerSection;
 use balora_data::{Batch, Dataset, Example, Loader};
 use balora_models::{CausalLm, SequenceClassifier};
-use burn::module::{AutodiffModule, ParamId};
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,63 +188,6 @@ pub fn evaluate<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 use burn::tensor::ElementConversion;
-
-/// The global L2 norm of the gradients of `model`'s trainable parameters; if `max_norm > 0`
-/// and the norm exceeds it, all gradients are scaled by `max_norm / norm`.
-pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &mut GradientsParams,
-    max_norm: f64,
-) -> f64 {
-    let table = collect_params(model);
-    let mut ids: Vec<(ParamId, usize)> = Vec::new();
-    for p in &table.pairs {
-        ids.push((p.a_id, 2));
-        ids.push((p.b_id, 2));
-    }
-    for s in table.singles.iter().filter(|s| s.trainable) {
-        ids.push((s.id, s.shape.len()));
-    }
-    fn sq<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
-        g.get::<B, D>(id).map(|t| t.powi_scalar(2).sum())
-    }
-    let parts: Vec<Tensor<B::InnerBackend, 1>> = ids
-        .iter()
-        .filter_map(|&(id, d)| match d {
-            1 => sq::<B::InnerBackend, 1>(grads, id),
-            2 => sq::<B::InnerBackend, 2>(grads, id),
-            3 => sq::<B::InnerBackend, 3>(grads, id),
-            4 => sq::<B::InnerBackend, 4>(grads, id),
-            _ => None,
-        })
-        .collect();
-    if parts.is_empty() {
-        return 0.0;
-    }
-    let norm = Tensor::cat(parts, 0)
-        .sum()
-        .into_scalar()
-        .elem::<f64>()
-        .sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
-        fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, s: f64) {
-            if let Some(t) = g.remove::<B, D>(id) {
-                g.register(id, t.mul_scalar(s));
-            }
-        }
-        for &(id, d) in &ids {
-            match d {
-                1 => scale::<B::InnerBackend, 1>(grads, id, s),
-                2 => scale::<B::InnerBackend, 2>(grads, id, s),
-                3 => scale::<B::InnerBackend, 3>(grads, id, s),
-                4 => scale::<B::InnerBackend, 4>(grads, id, s),
-                _ => {}
-            }
-        }
-    }
-    norm
-}
 
 /// Trains `model` with `stepper` on `data` per `cfg`: gradient accumulation, global-norm
 /// clipping, the lr schedule, evaluation every `eval_every` steps and at the end, metrics,

@@ -1,5 +1,6 @@
 //! Config handling of the CLI: `BALORA_<SECTION>_<KEY>` environment keys, unknown `BALORA_`
-//! variables, `config show --out`, and `compare` validating its grid like `train` validates a job.
+//! variables, `config show --out`, `compare` validating its grid like `train` validates a job, and
+//! logs kept off stdout.
 
 use std::process::Command;
 
@@ -87,5 +88,31 @@ fn compare_rejects_a_bad_grid_before_loading_anything() {
     assert!(
         !o.status.success() && e.contains("nosuchmanifold") && e.contains("balanced"),
         "{e}"
+    );
+}
+
+#[test]
+fn generate_puts_only_the_text_on_stdout_and_uncoloured_logs_on_stderr() {
+    let Some(gguf) = balora_assets::for_test("smollm2") else {
+        return;
+    };
+    let o = balora()
+        .arg("generate")
+        .arg("--model")
+        .arg(&gguf)
+        .args(["--prompt", "The capital of France is", "--max-tokens", "2"])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    // tools/reference/models_golden.py decodes " Paris." greedily.
+    assert_eq!(out.trim_end(), "The capital of France is Paris.");
+    assert!(err.contains("INFO") && err.contains("loaded"), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in piped stderr: {err:?}"
     );
 }

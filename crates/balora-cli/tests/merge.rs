@@ -61,13 +61,15 @@ fn fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
+/// The F32 tensors of a safetensors file (MiniLM also holds an I64 `position_ids`; everything
+/// balora writes is F32, so a missing tensor shows up at its lookup).
 fn read(path: &Path) -> Tensors {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
         .map(|(n, v)| {
-            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{n}");
             let d = v
                 .data()
                 .chunks_exact(4)
@@ -356,6 +358,82 @@ fn balance_and_generate_accept_a_peft_0_21_adapter() {
         assert!(
             text.contains(&format!("t7t{argmax}")),
             "expected PyTorch's next token t{argmax} after the prompt: {text}"
+        );
+    }
+}
+
+/// The case end to end: `balora train` on the classify job (MiniLM, `bert.`-prefixed
+/// adapters + the classifier in modules_to_save), then `balora merge` of its adapter folder.
+#[test]
+fn merges_what_the_classify_job_trains() {
+    let Some(minilm) = balora_assets::for_test("minilm") else {
+        return;
+    };
+    let d = tmp("classify");
+    let data: String = (0..24)
+        .map(|i| {
+            let text = if i % 2 == 0 {
+                "awful bad day"
+            } else {
+                "lovely fine day"
+            };
+            format!("{{\"text\": \"{text} {i}\", \"label\": {}}}\n", i % 2)
+        })
+        .collect();
+    std::fs::write(d.join("data.jsonl"), data).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/classify-minilm.toml");
+    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
+    // The job's model is the `minilm` asset, the one for_test found.
+    let o = Command::new(env!("CARGO_BIN_EXE_balora"))
+        .arg("train")
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", &set("data.path", &d.join("data.jsonl"))])
+        .args(["--set", &set("output.dir", &d.join("run"))])
+        .args(["--set", "trainer.steps=2", "--set", "trainer.eval_every=0"])
+        .output()
+        .unwrap();
+    ok(&o);
+    let adapter = d.join("run/adapter");
+    let out = d.join("merged.safetensors");
+    ok(&merge(&minilm, &adapter, &out, &[]));
+    let got = read(&out);
+    let ad = read(&adapter.join("adapter_model.safetensors"));
+    let w0 = read(&minilm.join("model.safetensors"));
+    // The trained head, copied bit for bit under HF's classifier names.
+    for k in ["weight", "bias"] {
+        assert_eq!(
+            got[&format!("classifier.{k}")],
+            ad[&format!("base_model.model.classifier.{k}")],
+            "classifier.{k}"
+        );
+    }
+    // An adapted query: W0 + (16/8)·B·A in f64 (configs/classify-minilm.toml: r 8, alpha 16).
+    let name = "bert.encoder.layer.3.attention.self.query.weight";
+    let base_name = w0
+        .keys()
+        .find(|k| k.ends_with("encoder.layer.3.attention.self.query.weight"))
+        .unwrap();
+    let (_, w) = &w0[base_name];
+    let pa = "base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight";
+    let (sa, a) = &ad[pa];
+    let (_, b) = &ad[&pa.replace("lora_A", "lora_B")];
+    let (r, din) = (sa[0], sa[1]);
+    let moved = got[name]
+        .1
+        .iter()
+        .zip(w)
+        .fold(0f32, |m, (g, x)| m.max((g - x).abs()));
+    assert!(moved > 1e-5, "{name}: training moved nothing ({moved:e})");
+    for (i, g) in got[name].1.iter().enumerate() {
+        let (o, j) = (i / din, i % din);
+        let ba: f64 = (0..r)
+            .map(|t| b[o * r + t] as f64 * a[t * din + j] as f64)
+            .sum();
+        let want = w[i] as f64 + 2.0 * ba;
+        assert!(
+            ((*g as f64) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+            "{name}[{i}]"
         );
     }
 }

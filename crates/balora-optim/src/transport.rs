@@ -100,13 +100,14 @@ pub fn signed_permutation(p: &DMatrix<f64>, tol: f64) -> Option<DMatrix<f64>> {
         return None;
     }
     let mut out = DMatrix::zeros(p.nrows(), p.ncols());
-    for ((i, j), x) in (0..p.ncols()).flat_map(|j| (0..p.nrows()).map(move |i| ((i, j), p[(i, j)])))
-    {
-        if (x.abs() - 1.0).abs() <= tol {
-            out[(i, j)] = x.signum();
-        } else if !(x.abs() <= tol) {
-            // Not near 0 or ±1 (or NaN).
-            return None;
+    for j in 0..p.ncols() {
+        for i in 0..p.nrows() {
+            let x = p[(i, j)];
+            if (x.abs() - 1.0).abs() <= tol {
+                out[(i, j)] = x.signum();
+            } else if x.abs() > tol || x.is_nan() {
+                return None;
+            }
         }
     }
     let ones = |v: &[usize]| v.iter().all(|&c| c == 1);

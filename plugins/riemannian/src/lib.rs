@@ -167,10 +167,8 @@ impl<B: Backend> AdapterOptimizer<B> for Riemannian<B> {
     }
 
     fn moment_transport(&self) -> Option<TransportMode> {
-        match self.base {
-            BaseRule::Sgd { momentum, .. } if momentum == 0.0 => None,
-            _ => Some(self.transport),
-        }
+        let no_momentum = matches!(self.base, BaseRule::Sgd { momentum, .. } if momentum == 0.0);
+        (!no_momentum).then_some(self.transport)
     }
 
     fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use balora_models::generate::{
-    check_options, check_prompt, chatml_prompt, try_generate, GenerateOptions,
+    chatml_prompt, check_options, check_prompt, try_generate, GenerateOptions,
 };
 use balora_models::load::load_causal_lm;
 use balora_models::peft::{apply_adapter_tensors, read_adapter};
@@ -104,7 +104,8 @@ fn run_on<B: burn::tensor::backend::Backend>(
         .encode(text.as_str(), false)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
     let ids = enc.get_ids().to_vec();
-    check_prompt(&lm.model, &ids).map_err(|e| anyhow::anyhow!("{}: --prompt: {e}", path.display()))?;
+    check_prompt(&lm.model, &ids)
+        .map_err(|e| anyhow::anyhow!("{}: --prompt: {e}", path.display()))?;
     let mut stop = lm.eos_ids.clone();
     if let Some(id) = lm.tokenizer.token_to_id("<|im_end|>") {
         stop.push(id);

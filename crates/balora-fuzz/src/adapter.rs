@@ -19,12 +19,9 @@ pub fn safetensors_bytes(tensors: &[Tensor]) -> Vec<u8> {
         );
         offset = end;
     }
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({"format": "pt"}),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while h.len().checked_rem(8) != Some(0) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -48,7 +48,10 @@ impl Val {
 
     /// An array of strings.
     pub fn strs<S: AsRef<str>>(v: &[S]) -> Val {
-        Val::Arr(8, v.iter().map(|s| Val::Str(s.as_ref().to_string())).collect())
+        Val::Arr(
+            8,
+            v.iter().map(|s| Val::Str(s.as_ref().to_string())).collect(),
+        )
     }
 }
 
@@ -135,13 +138,13 @@ impl Gguf {
             out.extend(offset.to_le_bytes());
             offset += (data.len() as u64 * 4).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while out.len().checked_rem(32) != Some(0) {
             out.push(0);
         }
         for (_, _, data) in &self.tensors {
             let start = out.len();
             out.extend(data.iter().flat_map(|x| x.to_le_bytes()));
-            while (out.len() - start) % 32 != 0 {
+            while (out.len() - start).checked_rem(32) != Some(0) {
                 out.push(0);
             }
         }

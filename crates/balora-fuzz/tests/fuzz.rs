@@ -117,7 +117,9 @@ fn target_safetensors(bytes: &[u8], c: &Ctx) -> bool {
         balora_manifold::balanced::Gauge::Closest,
     );
     if checked.is_ok() {
-        if let Ok(spec) = balora_models::peft::parse_config(&adapter::config_json(4, &["q_proj"]), "cfg") {
+        if let Ok(spec) =
+            balora_models::peft::parse_config(&adapter::config_json(4, &["q_proj"]), "cfg")
+        {
             return balora_models::peft::apply_adapter_tensors(c.model.clone(), &spec, &w, &c.dev)
                 .is_ok();
         }
@@ -140,7 +142,13 @@ fn target_toml(bytes: &[u8], c: &Ctx) -> bool {
     let p = c.dir.path().join("job.toml");
     std::fs::write(&p, bytes).unwrap();
     // JobConfig::load without the environment (a prefix nobody sets).
-    if let Ok(cfg) = load_layered(JobConfig::default(), Some(&p), "BALORA_FUZZ_NOENV_", Some(SECTIONS), &[]) {
+    if let Ok(cfg) = load_layered(
+        JobConfig::default(),
+        Some(&p),
+        "BALORA_FUZZ_NOENV_",
+        Some(SECTIONS),
+        &[],
+    ) {
         let _ = cfg.to_toml();
         return cfg.validate().is_ok();
     }
@@ -181,6 +189,9 @@ fn target_jsonl(bytes: &[u8], c: &Ctx) -> bool {
 /// Runs one input; `true` when it got through every stage (parsed, checked, used).
 type Target = fn(&[u8], &Ctx) -> bool;
 
+/// Named inputs.
+type Seeds = Vec<(String, Vec<u8>)>;
+
 fn budget() -> (Duration, u64) {
     let secs: f64 = std::env::var("BALORA_FUZZ_SECS")
         .ok()
@@ -195,7 +206,14 @@ fn budget() -> (Duration, u64) {
 
 /// Runs `target` on `seeds` then on mutations until `time` is spent; returns (inputs, inputs
 /// that got through every stage, failures).
-fn fuzz(kind: &str, target: Target, seeds: &[(String, Vec<u8>)], time: Duration, seed: u64, c: &Ctx) -> (usize, usize, Vec<String>) {
+fn fuzz(
+    kind: &str,
+    target: Target,
+    seeds: &[(String, Vec<u8>)],
+    time: Duration,
+    seed: u64,
+    c: &Ctx,
+) -> (usize, usize, Vec<String>) {
     let fail_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
     let mut failures = Vec::new();
     let mut deep = 0;
@@ -209,7 +227,10 @@ fn fuzz(kind: &str, target: Target, seeds: &[(String, Vec<u8>)], time: Duration,
             let f = fail_dir.join(format!("{kind}-{n}.bin"));
             std::fs::write(&f, input).unwrap();
             let why = if slow { "took > 10 s" } else { "panicked" };
-            failures.push(format!("{kind} input {n} ({label}) {why}: saved to {}", f.display()));
+            failures.push(format!(
+                "{kind} input {n} ({label}) {why}: saved to {}",
+                f.display()
+            ));
         }
     };
     let mut n = 0;
@@ -244,15 +265,26 @@ fn fuzz_every_reader_without_a_panic() {
     let mut gguf_seeds = common::corpus("gguf");
     // Too big to commit: 300 000 nested one-element arrays (3.6 MB).
     let mut g = gguf::tiny_llama();
-    g.set("general.nested", gguf::Val::Raw(9, gguf::nested_array_body(300_000)));
+    g.set(
+        "general.nested",
+        gguf::Val::Raw(9, gguf::nested_array_body(300_000)),
+    );
     gguf_seeds.push(("nested-300000.gguf (built)".into(), g.to_bytes()));
     let mut toml_seeds = common::corpus("toml");
     let default_job = balora_config::JobConfig::default().to_toml().into_bytes();
     toml_seeds.push(("default job (built)".into(), default_job));
-    let targets: [(&str, Target, Vec<(String, Vec<u8>)>); 5] = [
+    let targets: [(&str, Target, Seeds); 5] = [
         ("gguf", target_gguf, gguf_seeds),
-        ("safetensors", target_safetensors, common::corpus("safetensors")),
-        ("adapter_config", target_adapter_config, common::corpus("adapter_config")),
+        (
+            "safetensors",
+            target_safetensors,
+            common::corpus("safetensors"),
+        ),
+        (
+            "adapter_config",
+            target_adapter_config,
+            common::corpus("adapter_config"),
+        ),
         ("toml", target_toml, toml_seeds),
         ("jsonl", target_jsonl, common::corpus("jsonl")),
     ];
@@ -273,6 +305,14 @@ fn fuzz_every_reader_without_a_panic() {
         total += n;
         all.extend(f);
     }
-    println!("fuzz: {total} inputs tried in all (BALORA_FUZZ_SECS = {}, seed {seed})", time.as_secs_f64());
-    assert!(all.is_empty(), "{} failing inputs:\n{}", all.len(), all.join("\n"));
+    println!(
+        "fuzz: {total} inputs tried in all (BALORA_FUZZ_SECS = {}, seed {seed})",
+        time.as_secs_f64()
+    );
+    assert!(
+        all.is_empty(),
+        "{} failing inputs:\n{}",
+        all.len(),
+        all.join("\n")
+    );
 }

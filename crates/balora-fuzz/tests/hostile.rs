@@ -26,20 +26,68 @@ fn gguf_cases() -> Vec<(&'static str, Gguf)> {
     };
     vec![
         ("tiny_llama.gguf", tiny_llama()),
-        ("block_count_ffffffff.gguf", with(&|g| { g.set("llama.block_count", Val::U32(u32::MAX)); })),
-        ("block_count_2.gguf", with(&|g| { g.set("llama.block_count", Val::U32(2)); })),
-        ("context_length_ffffffff.gguf", with(&|g| { g.set("llama.context_length", Val::U32(u32::MAX)); })),
-        ("eps_zero.gguf", with(&|g| { g.set("llama.attention.layer_norm_rms_epsilon", Val::F32(0.0)); })),
-        ("eps_nan.gguf", with(&|g| { g.set("llama.attention.layer_norm_rms_epsilon", Val::F32(f32::NAN)); })),
-        ("rope_base_zero.gguf", with(&|g| { g.set("llama.rope.freq_base", Val::F32(0.0)); })),
-        ("nan_weight.gguf", with(&|g| { g.data_mut("blk.0.ffn_up.weight")[5] = f32::NAN; })),
-        ("vocab_zero.gguf", with(&|g| { g.put_tensor("token_embd.weight", vec![0, gguf::D], vec![]); })),
-        ("tokens_beyond_embedding.gguf", with(&|g| {
-            let mut t = gguf::tokens();
-            t.extend((b'q'..=b'z').map(|c| (c as char).to_string()));
-            g.set("tokenizer.ggml.tokens", Val::strs(&t));
-        })),
-        ("nested_depth_20.gguf", with(&|g| { g.set("general.nested", Val::Raw(9, gguf::nested_array_body(20))); })),
+        (
+            "block_count_ffffffff.gguf",
+            with(&|g| {
+                g.set("llama.block_count", Val::U32(u32::MAX));
+            }),
+        ),
+        (
+            "block_count_2.gguf",
+            with(&|g| {
+                g.set("llama.block_count", Val::U32(2));
+            }),
+        ),
+        (
+            "context_length_ffffffff.gguf",
+            with(&|g| {
+                g.set("llama.context_length", Val::U32(u32::MAX));
+            }),
+        ),
+        (
+            "eps_zero.gguf",
+            with(&|g| {
+                g.set("llama.attention.layer_norm_rms_epsilon", Val::F32(0.0));
+            }),
+        ),
+        (
+            "eps_nan.gguf",
+            with(&|g| {
+                g.set("llama.attention.layer_norm_rms_epsilon", Val::F32(f32::NAN));
+            }),
+        ),
+        (
+            "rope_base_zero.gguf",
+            with(&|g| {
+                g.set("llama.rope.freq_base", Val::F32(0.0));
+            }),
+        ),
+        (
+            "nan_weight.gguf",
+            with(&|g| {
+                g.data_mut("blk.0.ffn_up.weight")[5] = f32::NAN;
+            }),
+        ),
+        (
+            "vocab_zero.gguf",
+            with(&|g| {
+                g.put_tensor("token_embd.weight", vec![0, gguf::D], vec![]);
+            }),
+        ),
+        (
+            "tokens_beyond_embedding.gguf",
+            with(&|g| {
+                let mut t = gguf::tokens();
+                t.extend((b'q'..=b'z').map(|c| (c as char).to_string()));
+                g.set("tokenizer.ggml.tokens", Val::strs(&t));
+            }),
+        ),
+        (
+            "nested_depth_20.gguf",
+            with(&|g| {
+                g.set("general.nested", Val::Raw(9, gguf::nested_array_body(20)));
+            }),
+        ),
     ]
 }
 
@@ -62,7 +110,10 @@ fn safetensors_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "rank0.safetensors",
-            safetensors_bytes(&[(ka.clone(), vec![0, 8], vec![]), (kb.clone(), vec![8, 0], vec![])]),
+            safetensors_bytes(&[
+                (ka.clone(), vec![0, 8], vec![]),
+                (kb.clone(), vec![8, 0], vec![]),
+            ]),
         ),
         ("nan.safetensors", safetensors_bytes(&nan)),
         ("inf.safetensors", safetensors_bytes(&inf)),
@@ -128,13 +179,25 @@ fn write_seed_corpus() {
 fn the_committed_corpus_is_what_the_builders_write() {
     let d = corpus_dir();
     for (name, g) in gguf_cases() {
-        assert_eq!(std::fs::read(d.join("gguf").join(name)).unwrap(), g.to_bytes(), "{name}");
+        assert_eq!(
+            std::fs::read(d.join("gguf").join(name)).unwrap(),
+            g.to_bytes(),
+            "{name}"
+        );
     }
     for (name, b) in safetensors_cases() {
-        assert_eq!(std::fs::read(d.join("safetensors").join(name)).unwrap(), b, "{name}");
+        assert_eq!(
+            std::fs::read(d.join("safetensors").join(name)).unwrap(),
+            b,
+            "{name}"
+        );
     }
     for (sub, name, t) in text_cases() {
-        assert_eq!(std::fs::read_to_string(d.join(sub).join(name)).unwrap(), t, "{name}");
+        assert_eq!(
+            std::fs::read_to_string(d.join(sub).join(name)).unwrap(),
+            t,
+            "{name}"
+        );
     }
 }
 
@@ -145,7 +208,10 @@ fn gguf_err(name: &str) -> String {
         Ok(_) => panic!("{name} loaded"),
         Err(e) => {
             let e = e.to_string();
-            assert!(e.contains(p.to_str().unwrap()), "the error names the file: {e}");
+            assert!(
+                e.contains(p.to_str().unwrap()),
+                "the error names the file: {e}"
+            );
             e
         }
     }
@@ -161,10 +227,25 @@ fn assert_has(e: &str, needles: &[&str]) {
 fn the_tiny_gguf_loads_and_generates_within_its_vocabulary() {
     let p = corpus_dir().join("gguf").join("tiny_llama.gguf");
     let lm = load_llama_gguf::<B>(&p, &Default::default()).unwrap();
-    assert_eq!((lm.config.vocab_size, lm.config.max_position, lm.config.num_layers), (16, 32, 1));
-    let ids = lm.tokenizer.encode("abc", false).unwrap().get_ids().to_vec();
+    assert_eq!(
+        (
+            lm.config.vocab_size,
+            lm.config.max_position,
+            lm.config.num_layers
+        ),
+        (16, 32, 1)
+    );
+    let ids = lm
+        .tokenizer
+        .encode("abc", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     assert_eq!(ids, [0, 1, 2], "tokens a, b, c are ids 0, 1, 2");
-    let opts = GenerateOptions { max_tokens: 40, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        ..Default::default()
+    };
     let out = try_generate(&lm.model, &ids, &opts, |_| {}).unwrap();
     // The context (32) bounds the positions: the prompt's 3 and 29 fed-back tokens; the 30th
     // new token is predicted at the last position and not fed back.
@@ -194,13 +275,22 @@ fn context_length_ffffffff_is_refused_before_the_rope_tables() {
 
 #[test]
 fn rms_eps_zero_or_nan_is_refused() {
-    assert_has(&gguf_err("eps_zero.gguf"), &["llama.attention.layer_norm_rms_epsilon", "> 0"]);
-    assert_has(&gguf_err("eps_nan.gguf"), &["llama.attention.layer_norm_rms_epsilon", "NaN"]);
+    assert_has(
+        &gguf_err("eps_zero.gguf"),
+        &["llama.attention.layer_norm_rms_epsilon", "> 0"],
+    );
+    assert_has(
+        &gguf_err("eps_nan.gguf"),
+        &["llama.attention.layer_norm_rms_epsilon", "NaN"],
+    );
 }
 
 #[test]
 fn zero_rope_base_is_refused() {
-    assert_has(&gguf_err("rope_base_zero.gguf"), &["llama.rope.freq_base", "> 0"]);
+    assert_has(
+        &gguf_err("rope_base_zero.gguf"),
+        &["llama.rope.freq_base", "> 0"],
+    );
 }
 
 #[test]
@@ -211,12 +301,18 @@ fn nan_base_weight_is_refused_naming_the_tensor() {
 
 #[test]
 fn vocab_zero_is_refused() {
-    assert_has(&gguf_err("vocab_zero.gguf"), &["token_embd.weight", "0 is outside"]);
+    assert_has(
+        &gguf_err("vocab_zero.gguf"),
+        &["token_embd.weight", "0 is outside"],
+    );
 }
 
 #[test]
 fn a_tokenizer_larger_than_the_embedding_is_refused() {
-    assert_has(&gguf_err("tokens_beyond_embedding.gguf"), &["tokenizer.ggml.tokens", "26 tokens", "16 rows"]);
+    assert_has(
+        &gguf_err("tokens_beyond_embedding.gguf"),
+        &["tokenizer.ggml.tokens", "26 tokens", "16 rows"],
+    );
 }
 
 #[test]
@@ -224,13 +320,26 @@ fn deeply_nested_gguf_arrays_are_refused_without_overflowing_the_stack() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nested.gguf");
     let mut g = tiny_llama();
-    g.set("general.nested", Val::Raw(9, gguf::nested_array_body(300_000)));
+    g.set(
+        "general.nested",
+        Val::Raw(9, gguf::nested_array_body(300_000)),
+    );
     let bytes = g.to_bytes();
     assert!(bytes.len() > 3_600_000, "{}", bytes.len());
     std::fs::write(&p, &bytes).unwrap();
     let e = balora_formats::GgufFile::open(&p).unwrap_err().to_string();
-    assert_has(&e, &[p.to_str().unwrap(), "general.nested", "nested deeper than 8"]);
-    assert_has(&gguf_err("nested_depth_20.gguf"), &["general.nested", "nested deeper"]);
+    assert_has(
+        &e,
+        &[
+            p.to_str().unwrap(),
+            "general.nested",
+            "nested deeper than 8",
+        ],
+    );
+    assert_has(
+        &gguf_err("nested_depth_20.gguf"),
+        &["general.nested", "nested deeper"],
+    );
 }
 
 fn adapter_dir(weights: &str, config: &str) -> (tempfile::TempDir, PathBuf) {
@@ -244,31 +353,59 @@ fn adapter_dir(weights: &str, config: &str) -> (tempfile::TempDir, PathBuf) {
 fn balance_err(weights: &str) -> String {
     let (t, dir) = adapter_dir(weights, &adapter::config_json(4, &["q_proj"]));
     let start = Instant::now();
-    let e = balora_models::balance::balance_adapter(&dir, &t.path().join("out"), balora_manifold::balanced::Gauge::Closest)
-        .unwrap_err()
-        .to_string();
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
-    assert!(e.contains("adapter_model.safetensors"), "names the file: {e}");
+    let e = balora_models::balance::balance_adapter(
+        &dir,
+        &t.path().join("out"),
+        balora_manifold::balanced::Gauge::Closest,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        e.contains("adapter_model.safetensors"),
+        "names the file: {e}"
+    );
     e
 }
 
 #[test]
 fn adapter_with_zero_by_2pow40_shapes_is_refused_at_once() {
-    let len = std::fs::metadata(corpus_dir().join("safetensors/zero_by_2pow40.safetensors")).unwrap().len();
+    let len = std::fs::metadata(corpus_dir().join("safetensors/zero_by_2pow40.safetensors"))
+        .unwrap()
+        .len();
     assert!(len < 512, "a small file: {len} bytes");
-    assert_has(&balance_err("zero_by_2pow40.safetensors"), &["lora_A.weight", "[0, 1099511627776]", "r ≥ 1"]);
+    assert_has(
+        &balance_err("zero_by_2pow40.safetensors"),
+        &["lora_A.weight", "[0, 1099511627776]", "r ≥ 1"],
+    );
 }
 
 #[test]
 fn rank_zero_adapter_is_refused_without_an_svd_panic() {
-    assert_has(&balance_err("rank0.safetensors"), &["q_proj.lora_A.weight", "[0, 8]"]);
+    assert_has(
+        &balance_err("rank0.safetensors"),
+        &["q_proj.lora_A.weight", "[0, 8]"],
+    );
 }
 
 #[test]
 fn nan_and_inf_adapters_are_refused_naming_the_tensor() {
-    assert_has(&balance_err("nan.safetensors"), &["q_proj.lora_A.weight", "NaN", "index 3"]);
-    assert_has(&balance_err("inf.safetensors"), &["q_proj.lora_B.weight", "inf", "index 0"]);
-    assert_has(&balance_err("rank_mismatch.safetensors"), &["[8, 3]", "[4, 8]", "ranks differ"]);
+    assert_has(
+        &balance_err("nan.safetensors"),
+        &["q_proj.lora_A.weight", "NaN", "index 3"],
+    );
+    assert_has(
+        &balance_err("inf.safetensors"),
+        &["q_proj.lora_B.weight", "inf", "index 0"],
+    );
+    assert_has(
+        &balance_err("rank_mismatch.safetensors"),
+        &["[8, 3]", "[4, 8]", "ranks differ"],
+    );
 }
 
 fn tiny_model() -> balora_models::LlamaForCausalLm<B> {
@@ -281,12 +418,19 @@ fn adapter_rank_beyond_the_layer_is_refused_naming_adapter_r() {
     let text = std::fs::read_to_string(corpus_dir().join("adapter_config/r_100000.json")).unwrap();
     let spec = balora_models::peft::parse_config(&text, "r_100000.json").unwrap();
     let t = Instant::now();
-    let e = balora_models::attach(tiny_model(), &spec, &Default::default()).err().unwrap().to_string();
+    let e = balora_models::attach(tiny_model(), &spec, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert_has(&e, &["adapter.r", "100000", "1..=8", "q_proj"]);
     assert!(t.elapsed() < Duration::from_secs(5));
-    let text = std::fs::read_to_string(corpus_dir().join("adapter_config/rank_pattern_huge.json")).unwrap();
+    let text = std::fs::read_to_string(corpus_dir().join("adapter_config/rank_pattern_huge.json"))
+        .unwrap();
     let spec = balora_models::peft::parse_config(&text, "rank_pattern_huge.json").unwrap();
-    let e = balora_models::attach(tiny_model(), &spec, &Default::default()).err().unwrap().to_string();
+    let e = balora_models::attach(tiny_model(), &spec, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert_has(&e, &["rank_pattern", "4294967295", "down_proj"]);
 }
 
@@ -294,22 +438,38 @@ fn adapter_rank_beyond_the_layer_is_refused_naming_adapter_r() {
 fn generate_refuses_empty_too_long_out_of_vocab_prompts_and_bad_temperatures() {
     let m = tiny_model();
     let opts = GenerateOptions::default();
-    assert_eq!(try_generate(&m, &[], &opts, |_| {}), Err(GenerateError::EmptyPrompt));
+    assert_eq!(
+        try_generate(&m, &[], &opts, |_| {}),
+        Err(GenerateError::EmptyPrompt)
+    );
     assert_eq!(
         try_generate(&m, &[1; 33], &opts, |_| {}),
-        Err(GenerateError::PromptTooLong { tokens: 33, context: 32 })
+        Err(GenerateError::PromptTooLong {
+            tokens: 33,
+            context: 32
+        })
     );
     assert_eq!(
         try_generate(&m, &[1, 16], &opts, |_| {}),
-        Err(GenerateError::TokenOutOfVocab { id: 16, position: 1, vocab: 16 })
+        Err(GenerateError::TokenOutOfVocab {
+            id: 16,
+            position: 1,
+            vocab: 16
+        })
     );
     for t in [f64::NAN, f64::INFINITY, -1.0] {
-        let o = GenerateOptions { temperature: t, ..Default::default() };
+        let o = GenerateOptions {
+            temperature: t,
+            ..Default::default()
+        };
         let e = try_generate(&m, &[1], &o, |_| {}).unwrap_err().to_string();
         assert_has(&e, &["temperature", &t.to_string()]);
     }
     // A prompt that fills the context exactly is fine: one token, predicted at the last position.
-    assert_eq!(try_generate(&m, &[1; 32], &opts, |_| {}).map(|v| v.len()), Ok(1));
+    assert_eq!(
+        try_generate(&m, &[1; 32], &opts, |_| {}).map(|v| v.len()),
+        Ok(1)
+    );
 }
 
 #[test]
@@ -318,11 +478,25 @@ fn generate_stops_with_an_error_on_non_finite_logits() {
     // logit; generation must say so instead of printing nothing.
     let (_t, dir) = adapter_dir("nan.safetensors", &adapter::config_json(4, &["q_proj"]));
     let (spec, w) = balora_models::peft::read_adapter(&dir).unwrap();
-    let e = balora_models::validate::check_adapter_pairs(&w).unwrap_err().to_string();
+    let e = balora_models::validate::check_adapter_pairs(&w)
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["NaN", "lora_A"]);
-    let m = balora_models::peft::apply_adapter_tensors(tiny_model(), &spec, &w, &Default::default()).unwrap();
+    let m =
+        balora_models::peft::apply_adapter_tensors(tiny_model(), &spec, &w, &Default::default())
+            .unwrap();
     let e = try_generate(&m, &[0, 1, 2], &GenerateOptions::default(), |_| {}).unwrap_err();
-    assert!(matches!(e, GenerateError::NonFiniteLogits { step: 0, bad: 16, vocab: 16 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GenerateError::NonFiniteLogits {
+                step: 0,
+                bad: 16,
+                vocab: 16
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -333,8 +507,16 @@ fn hf_config_json_with_absurd_fields_is_refused_naming_the_field() {
         "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "rope_theta": 10000.0
     });
     let cases: [(&str, serde_json::Value, &[&str]); 6] = [
-        ("num_hidden_layers", 4294967295u64.into(), &["num_hidden_layers", "4294967295"]),
-        ("max_position_embeddings", 4294967295u64.into(), &["max_position_embeddings", "4294967295"]),
+        (
+            "num_hidden_layers",
+            4294967295u64.into(),
+            &["num_hidden_layers", "4294967295"],
+        ),
+        (
+            "max_position_embeddings",
+            4294967295u64.into(),
+            &["max_position_embeddings", "4294967295"],
+        ),
         ("hidden_size", 0.into(), &["hidden_size", "0 is outside"]),
         ("vocab_size", 0.into(), &["vocab_size", "0 is outside"]),
         ("rms_norm_eps", (-1.0).into(), &["rms_norm_eps", "-1"]),
@@ -345,7 +527,10 @@ fn hf_config_json_with_absurd_fields_is_refused_naming_the_field() {
         let mut cfg = base.clone();
         cfg[field] = v;
         std::fs::write(t.path().join("config.json"), cfg.to_string()).unwrap();
-        let e = balora_models::load::load_llama_hf_dir::<B>(t.path(), &Default::default()).err().unwrap().to_string();
+        let e = balora_models::load::load_llama_hf_dir::<B>(t.path(), &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert_has(&e, needles);
         assert!(e.contains("config.json"), "names the file: {e}");
     }
@@ -356,7 +541,10 @@ fn hf_config_json_with_absurd_fields_is_refused_naming_the_field() {
     });
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("config.json"), bert.to_string()).unwrap();
-    let e = balora_models::load::load_bert_hf_dir::<B>(t.path(), &Default::default()).err().unwrap().to_string();
+    let e = balora_models::load::load_bert_hf_dir::<B>(t.path(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert_has(&e, &["config.json", "num_attention_heads"]);
 }
 
@@ -366,17 +554,49 @@ fn data_that_does_not_fit_the_model_is_refused_naming_the_setting() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("d.jsonl");
     std::fs::write(&p, "{\"text\": \"w1 w2 w3 w19\"}\n{\"text\": \"w4 w5\"}\n").unwrap();
-    let cfg = DataSection { format: DataFormat::Jsonl, seq_len: 64, validation_fraction: 0.0, ..DataSection::default() };
+    let cfg = DataSection {
+        format: DataFormat::Jsonl,
+        seq_len: 64,
+        validation_fraction: 0.0,
+        ..DataSection::default()
+    };
     let ds = balora_data::load_dataset(&cfg, &p, &common::encoder(), 0).unwrap();
-    let fits = |vocab, context| ds.check_fits(&p, cfg.seq_len, balora_data::ModelLimits { vocab_size: vocab, context, num_labels: None });
+    let fits = |vocab, context| {
+        ds.check_fits(
+            &p,
+            cfg.seq_len,
+            balora_data::ModelLimits {
+                vocab_size: vocab,
+                context,
+                num_labels: None,
+            },
+        )
+    };
     let e = fits(22, 32).unwrap_err().to_string();
-    assert_has(&e, &[p.to_str().unwrap(), "data.seq_len = 64", "context of 32"]);
+    assert_has(
+        &e,
+        &[p.to_str().unwrap(), "data.seq_len = 64", "context of 32"],
+    );
     // w19 is id 19; the pad id is 20; a model with 20 rows cannot embed the pad id, one with
     // 21 rows can embed everything.
     let e = fits(20, 64).unwrap_err().to_string();
     assert_has(&e, &["pad id 20", "vocabulary size 20"]);
     assert!(fits(21, 64).is_ok());
-    let ds2 = balora_data::Dataset { pad_id: 0, ..ds.clone() };
-    let e = ds2.check_fits(&p, 64, balora_data::ModelLimits { vocab_size: 19, context: 64, num_labels: None }).unwrap_err().to_string();
+    let ds2 = balora_data::Dataset {
+        pad_id: 0,
+        ..ds.clone()
+    };
+    let e = ds2
+        .check_fits(
+            &p,
+            64,
+            balora_data::ModelLimits {
+                vocab_size: 19,
+                context: 64,
+                num_labels: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["token id 19", "position 3", "vocabulary size 19"]);
 }

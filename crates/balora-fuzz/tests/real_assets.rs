@@ -19,7 +19,11 @@ fn smollm2_passes_every_check_and_the_finite_check_is_cheap() {
     let load = t.elapsed().as_secs_f64();
     // Published SmolLM2-135M settings (HF config.json): 30 layers, 49152 tokens, 8192 positions.
     assert_eq!(
-        (lm.config.num_layers, lm.config.vocab_size, lm.config.max_position),
+        (
+            lm.config.num_layers,
+            lm.config.vocab_size,
+            lm.config.max_position
+        ),
         (30, 49152, 8192)
     );
     // The check alone, over every tensor as f32 (dequantised first, not timed).
@@ -36,7 +40,12 @@ fn smollm2_passes_every_check_and_the_finite_check_is_cheap() {
         check * 1e3,
         100.0 * check / load
     );
-    let ids = lm.tokenizer.encode("Hello", false).unwrap().get_ids().to_vec();
+    let ids = lm
+        .tokenizer
+        .encode("Hello", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     balora_models::generate::check_prompt(&lm.model, &ids).unwrap();
 }
 
@@ -45,10 +54,16 @@ fn minilm_passes_every_check() {
     let Some(dir) = balora_assets::for_test("minilm") else {
         return;
     };
-    let (_m, cfg, _tok) = balora_models::load::load_bert_hf_dir::<B>(&dir, &Default::default()).unwrap();
+    let (_m, cfg, _tok) =
+        balora_models::load::load_bert_hf_dir::<B>(&dir, &Default::default()).unwrap();
     // all-MiniLM-L6-v2's config.json: 6 layers, 384 wide, 30522 tokens, 512 positions.
     assert_eq!(
-        (cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.max_position),
+        (
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.vocab_size,
+            cfg.max_position
+        ),
         (6, 384, 30522, 512)
     );
 }

@@ -92,7 +92,12 @@ impl BertConfig {
         check_size(origin, "num_hidden_layers", self.num_layers, MAX_LAYERS)?;
         check_size(origin, "num_attention_heads", self.num_heads, MAX_DIM)?;
         check_size(origin, "intermediate_size", self.intermediate_size, MAX_DIM)?;
-        check_size(origin, "max_position_embeddings", self.max_position, MAX_DIM)?;
+        check_size(
+            origin,
+            "max_position_embeddings",
+            self.max_position,
+            MAX_DIM,
+        )?;
         check_size(origin, "type_vocab_size", self.type_vocab_size, MAX_DIM)?;
         check_positive_finite(origin, "layer_norm_eps", self.layer_norm_eps)?;
         if self.hidden_size.checked_rem(self.num_heads) != Some(0) {

@@ -147,7 +147,11 @@ pub fn check_prompt<B: Backend>(
             context: max_pos,
         });
     }
-    if let Some((position, &id)) = prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+    if let Some((position, &id)) = prompt
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab)
+    {
         return Err(GenerateError::TokenOutOfVocab {
             id,
             position,

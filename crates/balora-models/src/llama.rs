@@ -213,83 +213,15 @@ impl LlamaConfig {
                 RopeLayout::Interleaved
             },
         };
-        cfg.validate(origin, &|k| gguf_key(arch, k))?;
+        cfg.validate(origin, &|k| crate::validate::gguf_key(arch, k))?;
         Ok(cfg)
     }
 
     /// Checks every setting on its own and against the others, before anything is allocated
-    /// from them (see [`crate::validate`]). `key` maps a Hugging Face field name to the name
-    /// in the file (`llama.block_count` for `num_hidden_layers` in a GGUF).
+    /// from them ([`crate::validate::check_llama_config`]). `key` maps a Hugging Face field name
+    /// to the name in the file (`llama.block_count` for `num_hidden_layers` in a GGUF).
     fn validate(&self, origin: &str, key: &dyn Fn(&str) -> String) -> Result<(), ModelError> {
-        use crate::validate::{check_positive_finite, check_size, MAX_DIM, MAX_LAYERS, ROPE_TABLE_BUDGET};
-        let field = |k: &str| key(k);
-        check_size(origin, &field("vocab_size"), self.vocab_size, MAX_DIM)?;
-        check_size(origin, &field("hidden_size"), self.hidden_size, MAX_DIM)?;
-        check_size(origin, &field("intermediate_size"), self.intermediate_size, MAX_DIM)?;
-        check_size(origin, &field("num_hidden_layers"), self.num_layers, MAX_LAYERS)?;
-        check_size(origin, &field("num_attention_heads"), self.num_heads, MAX_DIM)?;
-        check_size(origin, &field("num_key_value_heads"), self.num_kv_heads, MAX_DIM)?;
-        check_size(origin, &field("max_position_embeddings"), self.max_position, MAX_DIM)?;
-        check_positive_finite(origin, &field("rms_norm_eps"), self.rms_norm_eps)?;
-        check_positive_finite(origin, &field("rope_theta"), self.rope_theta)?;
-        if let Some((factor, low, high, orig)) = self.rope_llama3_scaling {
-            for (k, x) in [
-                ("factor", factor),
-                ("low_freq_factor", low),
-                ("high_freq_factor", high),
-                ("original_max_position_embeddings", orig),
-            ] {
-                check_positive_finite(origin, &format!("rope_scaling.{k}"), x)?;
-            }
-            if high <= low {
-                return Err(ModelError::config(
-                    origin,
-                    "rope_scaling.high_freq_factor",
-                    format!("{high} must exceed low_freq_factor = {low}"),
-                ));
-            }
-        }
-        if self.num_heads.checked_rem(self.num_kv_heads) != Some(0) {
-            return Err(ModelError::config(
-                origin,
-                &field("num_key_value_heads"),
-                format!(
-                    "{} query heads are not a multiple of {} key/value heads",
-                    self.num_heads, self.num_kv_heads
-                ),
-            ));
-        }
-        if self.head_dim & 1 == 1 || self.head_dim == 0 || self.head_dim > MAX_DIM {
-            return Err(ModelError::config(
-                origin,
-                &field("head_dim"),
-                format!("{} must be even and in 2..={MAX_DIM}", self.head_dim),
-            ));
-        }
-        let q_width = self.num_heads.checked_mul(self.head_dim);
-        if q_width.is_none_or(|w| w > MAX_DIM) {
-            return Err(ModelError::config(
-                origin,
-                &field("num_attention_heads"),
-                format!(
-                    "{} heads × head_dim {} exceed {MAX_DIM}",
-                    self.num_heads, self.head_dim
-                ),
-            ));
-        }
-        // The RoPE cos/sin tables are [max_position, head_dim] each, built at load time.
-        let table = self.max_position.saturating_mul(self.head_dim);
-        if table > ROPE_TABLE_BUDGET {
-            return Err(ModelError::config(
-                origin,
-                &field("max_position_embeddings"),
-                format!(
-                    "{} positions × head_dim {} = {table} values per RoPE table exceed the budget of {ROPE_TABLE_BUDGET}",
-                    self.max_position, self.head_dim
-                ),
-            ));
-        }
-        Ok(())
+        crate::validate::check_llama_config(self, origin, key)
     }
 
     /// Inverse RoPE frequencies (`head_dim/2` values), with Llama-3 scaling if configured.
@@ -317,24 +249,6 @@ impl LlamaConfig {
             })
             .collect()
     }
-}
-
-/// The GGUF metadata key (or tensor) behind a Hugging Face config field, for messages.
-fn gguf_key(arch: &str, hf: &str) -> String {
-    let suffix = match hf {
-        "vocab_size" => return "token_embd.weight (rows: vocabulary size)".to_string(),
-        "hidden_size" => "embedding_length",
-        "intermediate_size" => "feed_forward_length",
-        "num_hidden_layers" => "block_count",
-        "num_attention_heads" => "attention.head_count",
-        "num_key_value_heads" => "attention.head_count_kv",
-        "max_position_embeddings" => "context_length",
-        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
-        "rope_theta" => "rope.freq_base",
-        "head_dim" => "rope.dimension_count",
-        other => other,
-    };
-    format!("{arch}.{suffix}")
 }
 
 /// Row order that llama.cpp's converter applies to q (`n_heads`) and k (`n_kv_heads`) weights:

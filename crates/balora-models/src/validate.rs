@@ -5,6 +5,8 @@
 //! * [`MAX_DIM`], [`MAX_LAYERS`], [`ROPE_TABLE_BUDGET`]: bounds on config values that size
 //!   allocations on their own (the RoPE tables, the layer list);
 //! * [`check_positive_finite`]: ε, RoPE base and other float settings;
+//! * [`check_llama_config`]: every Llama-family setting on its own and against the others
+//!   (messages name the file's own keys, [`gguf_key`] for a GGUF);
 //! * [`count_layers`]: the number of decoder/encoder layers whose tensors a file holds, which
 //!   `block_count` / `num_hidden_layers` must equal;
 //! * [`first_non_finite`]: the finite check of weights (base weights and adapters);
@@ -12,6 +14,7 @@
 //! * [`check_adapter_ranks`]: a rank against the layers it is attached to.
 
 use crate::host::AdapterHost;
+use crate::llama::LlamaConfig;
 use crate::surgery::{is_targeted, layer_adapter};
 use crate::weights::MemWeights;
 use crate::ModelError;
@@ -216,6 +219,127 @@ pub fn check_adapter_ranks<B: Backend, M: AdapterHost<B>>(
                 info.path
             )));
         }
+    }
+    Ok(())
+}
+
+/// The GGUF metadata key (or tensor) behind a Hugging Face config field, for messages.
+pub fn gguf_key(arch: &str, hf: &str) -> String {
+    let suffix = match hf {
+        "vocab_size" => return "token_embd.weight (rows: vocabulary size)".to_string(),
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "max_position_embeddings" => "context_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "head_dim" => "rope.dimension_count",
+        other => other,
+    };
+    format!("{arch}.{suffix}")
+}
+
+/// The checks of a Llama-family config (every size in range, ε and RoPE base finite and
+/// positive, heads divisible, RoPE tables within [`ROPE_TABLE_BUDGET`]); `key` names a Hugging
+/// Face field as the file spells it.
+pub fn check_llama_config(
+    cfg: &LlamaConfig,
+    origin: &str,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), ModelError> {
+    let field = |k: &str| key(k);
+    check_size(origin, &field("vocab_size"), cfg.vocab_size, MAX_DIM)?;
+    check_size(origin, &field("hidden_size"), cfg.hidden_size, MAX_DIM)?;
+    check_size(
+        origin,
+        &field("intermediate_size"),
+        cfg.intermediate_size,
+        MAX_DIM,
+    )?;
+    check_size(
+        origin,
+        &field("num_hidden_layers"),
+        cfg.num_layers,
+        MAX_LAYERS,
+    )?;
+    check_size(
+        origin,
+        &field("num_attention_heads"),
+        cfg.num_heads,
+        MAX_DIM,
+    )?;
+    check_size(
+        origin,
+        &field("num_key_value_heads"),
+        cfg.num_kv_heads,
+        MAX_DIM,
+    )?;
+    check_size(
+        origin,
+        &field("max_position_embeddings"),
+        cfg.max_position,
+        MAX_DIM,
+    )?;
+    check_positive_finite(origin, &field("rms_norm_eps"), cfg.rms_norm_eps)?;
+    check_positive_finite(origin, &field("rope_theta"), cfg.rope_theta)?;
+    if let Some((factor, low, high, orig)) = cfg.rope_llama3_scaling {
+        for (k, x) in [
+            ("factor", factor),
+            ("low_freq_factor", low),
+            ("high_freq_factor", high),
+            ("original_max_position_embeddings", orig),
+        ] {
+            check_positive_finite(origin, &format!("rope_scaling.{k}"), x)?;
+        }
+        if high <= low {
+            return Err(ModelError::config(
+                origin,
+                "rope_scaling.high_freq_factor",
+                format!("{high} must exceed low_freq_factor = {low}"),
+            ));
+        }
+    }
+    if cfg.num_heads.checked_rem(cfg.num_kv_heads) != Some(0) {
+        return Err(ModelError::config(
+            origin,
+            &field("num_key_value_heads"),
+            format!(
+                "{} query heads are not a multiple of {} key/value heads",
+                cfg.num_heads, cfg.num_kv_heads
+            ),
+        ));
+    }
+    if cfg.head_dim & 1 == 1 || cfg.head_dim == 0 || cfg.head_dim > MAX_DIM {
+        return Err(ModelError::config(
+            origin,
+            &field("head_dim"),
+            format!("{} must be even and in 2..={MAX_DIM}", cfg.head_dim),
+        ));
+    }
+    let q_width = cfg.num_heads.checked_mul(cfg.head_dim);
+    if q_width.is_none_or(|w| w > MAX_DIM) {
+        return Err(ModelError::config(
+            origin,
+            &field("num_attention_heads"),
+            format!(
+                "{} heads × head_dim {} exceed {MAX_DIM}",
+                cfg.num_heads, cfg.head_dim
+            ),
+        ));
+    }
+    // The RoPE cos/sin tables are [max_position, head_dim] each, built at load time.
+    let table = cfg.max_position.saturating_mul(cfg.head_dim);
+    if table > ROPE_TABLE_BUDGET {
+        return Err(ModelError::config(
+            origin,
+            &field("max_position_embeddings"),
+            format!(
+                "{} positions × head_dim {} = {table} values per RoPE table exceed the budget of {ROPE_TABLE_BUDGET}",
+                cfg.max_position, cfg.head_dim
+            ),
+        ));
     }
     Ok(())
 }

@@ -298,3 +298,33 @@ fn sigint_writes_a_final_checkpoint_and_the_printed_resume_finishes() {
     assert!(adapter(&out.join("adapter")).is_some());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_also_checkpoints_and_exits_143() {
+    let Some(gguf) = balora_assets::for_test("smollm2") else {
+        return;
+    };
+    let dir = scratch("sigterm");
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    let mut child = balora()
+        .args(job(&gguf, &data, 30))
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&out, 1, &mut child);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(143), "{e}");
+    assert!(e.contains("interrupted by SIGTERM"), "{e}");
+    let last = checkpoints(&out).last().unwrap().1.clone();
+    let step = assert_checkpoint_intact(&last);
+    assert_eq!(train_steps(&out), (1..=step).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -227,6 +227,10 @@ fn out_may_not_be_an_input_even_through_a_link() {
         &["inside the base model folder"],
     );
     assert!(!base.join("merged.safetensors").exists());
+    fails_with(
+        &merge(&base, &adapter, &d.join("no/such/dir/m.safetensors"), &[]),
+        &["does not exist"],
+    );
     assert_eq!(
         std::fs::read(adapter.join("adapter_model.safetensors")).unwrap(),
         before

@@ -1,0 +1,160 @@
+//! The `balora` binary on hostile inputs (issue 13): `inspect`, `balance` and `generate` exit
+//! non-zero with a message naming the file and the field or shape, instead of hanging, panicking
+//! or printing nothing with exit 0. Inputs: the seed corpus of `balora-fuzz`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn corpus(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../balora-fuzz/corpus")
+        .join(rel)
+}
+
+fn balora(args: &[&str]) -> Output {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_balora"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "{args:?} took {:?}",
+        t.elapsed()
+    );
+    out
+}
+
+/// Fails unless the command exited non-zero and its stderr holds every needle.
+fn refused(args: &[&str], needles: &[&str]) {
+    let out = balora(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} exited 0; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: expected `{n}` in: {err}");
+    }
+}
+
+/// A fresh adapter folder holding corpus weights `weights` and a valid rank-4 q_proj config.
+fn adapter_dir(weights: &str, tag: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "hostile-cli-{tag}-{weights}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(
+        corpus("safetensors").join(weights),
+        d.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        corpus("adapter_config/ok.json"),
+        d.join("adapter_config.json"),
+    )
+    .unwrap();
+    d
+}
+
+#[test]
+fn inspect_and_balance_refuse_empty_huge_rank_zero_and_non_finite_adapters() {
+    for (file, needle) in [
+        ("zero_by_2pow40.safetensors", "[0, 1099511627776]"),
+        ("rank0.safetensors", "[0, 8]"),
+        ("nan.safetensors", "NaN"),
+        ("inf.safetensors", "inf"),
+    ] {
+        let p = corpus("safetensors").join(file);
+        refused(&["inspect", p.to_str().unwrap()], &[file, needle]);
+        let dir = adapter_dir(file, "balance");
+        let out = dir.join("out");
+        refused(
+            &[
+                "balance",
+                dir.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+            &["adapter_model.safetensors", needle],
+        );
+        assert!(!out.join("adapter_model.safetensors").exists());
+    }
+}
+
+#[test]
+fn generate_refuses_bad_prompts_options_and_models() {
+    let tiny = corpus("gguf/tiny_llama.gguf");
+    let tiny = tiny.to_str().unwrap();
+    refused(
+        &["generate", "--model", tiny, "--prompt", ""],
+        &["--prompt is empty"],
+    );
+    refused(
+        &[
+            "generate",
+            "--model",
+            tiny,
+            "--prompt",
+            "abc",
+            "--temperature",
+            "nan",
+        ],
+        &["temperature NaN"],
+    );
+    // 40 letters are 40 tokens (one per letter, no merges): more than the 32 positions.
+    let long = "a".repeat(40);
+    refused(
+        &["generate", "--model", tiny, "--prompt", &long],
+        &["tiny_llama.gguf", "40 tokens", "context is 32"],
+    );
+    for (file, needle) in [
+        ("nan_weight.gguf", "blk.0.ffn_up.weight"),
+        ("rope_base_zero.gguf", "llama.rope.freq_base"),
+        ("block_count_ffffffff.gguf", "llama.block_count"),
+    ] {
+        let p = corpus("gguf").join(file);
+        refused(
+            &[
+                "generate",
+                "--model",
+                p.to_str().unwrap(),
+                "--prompt",
+                "abc",
+            ],
+            &[file, needle],
+        );
+    }
+    let nan_adapter = adapter_dir("nan.safetensors", "generate");
+    refused(
+        &[
+            "generate",
+            "--model",
+            tiny,
+            "--prompt",
+            "abc",
+            "--adapter",
+            nan_adapter.to_str().unwrap(),
+        ],
+        &["adapter_model.safetensors", "NaN"],
+    );
+    // The valid tiny model generates: the prompt, then letters a…p only.
+    let out = balora(&[
+        "generate",
+        "--model",
+        tiny,
+        "--prompt",
+        "abc",
+        "--max-tokens",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let text = text.trim_end();
+    assert!(text.starts_with("abc") && text.len() == 8, "{text:?}");
+    assert!(text.chars().all(|c| ('a'..='p').contains(&c)), "{text:?}");
+}

@@ -506,7 +506,7 @@ fn hf_config_json_with_absurd_fields_is_refused_naming_the_field() {
         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
         "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "rope_theta": 10000.0
     });
-    let cases: [(&str, serde_json::Value, &[&str]); 6] = [
+    let cases: [(&str, serde_json::Value, &[&str]); 7] = [
         (
             "num_hidden_layers",
             4294967295u64.into(),
@@ -521,6 +521,8 @@ fn hf_config_json_with_absurd_fields_is_refused_naming_the_field() {
         ("vocab_size", 0.into(), &["vocab_size", "0 is outside"]),
         ("rms_norm_eps", (-1.0).into(), &["rms_norm_eps", "-1"]),
         ("rope_theta", 0.0.into(), &["rope_theta", "> 0"]),
+        // A 2^24 × 2^24 RoPE rotation matrix would be 1 PiB.
+        ("head_dim", 16777216.into(), &["head_dim", "16777216", "2..=4096"]),
     ];
     for (field, v, needles) in cases {
         let t = tempfile::tempdir().unwrap();

@@ -29,6 +29,10 @@ pub const MAX_DIM: usize = 1 << 24;
 /// Largest accepted layer count (real models: ≤ 126).
 pub const MAX_LAYERS: usize = 1 << 12;
 
+/// Largest head dimension (real models: 64–256). The RoPE rotation matrix is
+/// `head_dim × head_dim`, so this bounds it at 16 Mi values.
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+
 /// Largest RoPE table, in values (`max_position × head_dim`; there are two such tables, cos
 /// and sin): 32 Mi values = 128 MiB each. Llama 3.1's 128 Ki positions × 128 fit (16 Mi).
 pub const ROPE_TABLE_BUDGET: usize = 1 << 25;
@@ -311,11 +315,11 @@ pub fn check_llama_config(
             ),
         ));
     }
-    if cfg.head_dim & 1 == 1 || cfg.head_dim == 0 || cfg.head_dim > MAX_DIM {
+    if cfg.head_dim & 1 == 1 || cfg.head_dim == 0 || cfg.head_dim > MAX_HEAD_DIM {
         return Err(ModelError::config(
             origin,
             &field("head_dim"),
-            format!("{} must be even and in 2..={MAX_DIM}", cfg.head_dim),
+            format!("{} must be even and in 2..={MAX_HEAD_DIM}", cfg.head_dim),
         ));
     }
     let q_width = cfg.num_heads.checked_mul(cfg.head_dim);

@@ -132,27 +132,38 @@ fn try_lock(_f: &File) -> bool {
     true
 }
 
-/// Removes staging/aside folders of interrupted adapter saves in `out`.
+/// Removes staging folders of interrupted saves in `out`. An aside folder `.{name}.old-*` (left
+/// when a swap without `RENAME_EXCHANGE` was killed between its two renames) is renamed back to
+/// `name` when that is missing — it is then the only complete copy — else removed.
 fn clean_stale(out: &Path) {
     let Ok(rd) = std::fs::read_dir(out) else {
         return;
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let stale = ARTIFACTS.iter().any(|a| {
-            name.starts_with(&format!(".{a}.staging-"))
-                || name.starts_with(&format!(".{a}.old-"))
-                || name.starts_with(&format!(".{a}.tmp-"))
-        });
-        if stale {
-            let p = e.path();
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            if r.is_ok() {
-                tracing::warn!("removed {} (left by an interrupted save)", p.display());
+        let p = e.path();
+        for a in ARTIFACTS {
+            let dest = out.join(a);
+            if name.starts_with(&format!(".{a}.old-"))
+                && !dest.exists()
+                && std::fs::rename(&p, &dest).is_ok()
+            {
+                tracing::warn!("restored {} from an interrupted swap", dest.display());
+                break;
+            }
+            let stale = [".staging-", ".old-", ".tmp-"]
+                .iter()
+                .any(|t| name.starts_with(&format!(".{a}{t}")));
+            if stale {
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if r.is_ok() {
+                    tracing::warn!("removed {} (left by an interrupted save)", p.display());
+                }
+                break;
             }
         }
     }

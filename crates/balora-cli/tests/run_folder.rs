@@ -62,6 +62,23 @@ fn a_used_folder_is_refused_and_overwrite_replaces_the_run() {
     assert!(e.contains("trainer.steps: 3 → 5"), "{e}");
     assert!(e.contains("trainer.seed: 0 → 4"), "{e}");
     assert!(e.contains("--allow-config-change"), "{e}");
+
+    // An adapter left aside by a swap killed between two renames (file systems without
+    // RENAME_EXCHANGE) is put back when the folder is next opened, even by a refused run.
+    let bytes = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    let aside = out.join(".adapter.old-77-0");
+    std::fs::rename(out.join("adapter"), &aside).unwrap();
+    let refused = run(
+        &job(&gguf, &data, 5),
+        &["--set", "trainer.resume=true"],
+        &out,
+    );
+    assert!(!refused.status.success());
+    assert!(!aside.exists(), "{}", err(&refused));
+    assert_eq!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        bytes
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -311,8 +311,10 @@ pub fn verify(dir: &Path) -> Result<(), CheckpointError> {
 }
 
 /// Removes leftovers of interrupted saves under `root` (`.tmp-checkpoint-*` from older versions,
-/// `.checkpoint-*.staging-*` / `.checkpoint-*.old-*` folders); returns what was removed. Call it
-/// only while holding the run folder (no other writer).
+/// `.checkpoint-*.staging-*` folders); returns what was removed. A `.checkpoint-N.old-*` folder
+/// (the rename-aside fallback of a folder swap, interrupted between its two renames) is renamed
+/// back to `checkpoint-N` when that is missing, else removed. Call it only while holding the run
+/// folder (no other writer).
 pub fn clean_stale(root: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -320,13 +322,24 @@ pub fn clean_stale(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().to_string();
+        let p = e.path();
+        if let Some(orig) = name
+            .strip_prefix('.')
+            .filter(|n| n.starts_with(PREFIX))
+            .and_then(|n| n.split_once(".old-"))
+            .map(|(orig, _)| root.join(orig))
+        {
+            if !orig.exists() && std::fs::rename(&p, &orig).is_ok() {
+                tracing::warn!("restored {} from an interrupted swap", orig.display());
+                continue;
+            }
+        }
         let stale = name.starts_with(&format!(".tmp-{PREFIX}"))
             || (name.starts_with(&format!(".{PREFIX}"))
                 && (name.contains(".staging-")
                     || name.contains(".old-")
                     || name.contains(".tmp-")));
         if stale {
-            let p = e.path();
             let gone = if p.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else {

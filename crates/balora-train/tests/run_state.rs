@@ -255,3 +255,24 @@ fn damaged_checkpoints_fail_verification_and_are_skipped() {
         verify(&dir).unwrap();
     }
 }
+
+/// A swap without `RENAME_EXCHANGE` killed between its two renames leaves the only complete copy
+/// aside as `.checkpoint-N.old-*`: it is put back; an aside copy next to an existing folder goes.
+#[test]
+fn an_interrupted_rename_aside_is_restored() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(4);
+    c.checkpoint_every = 2;
+    go(&c, d.path(), RunOptions::default()).unwrap();
+    let root = d.path().join("checkpoints");
+    let four = list_checkpoints(&root)[1].1.clone();
+    let aside = root.join(".checkpoint-00000004.old-77-0");
+    std::fs::rename(&four, &aside).unwrap();
+    let extra = root.join(".checkpoint-00000002.old-77-1");
+    std::fs::create_dir_all(&extra).unwrap();
+    let removed = balora_train::checkpoint::clean_stale(&root);
+    assert_eq!(removed, [extra.clone()]);
+    assert!(!aside.exists() && !extra.exists());
+    verify(&four).unwrap();
+}

@@ -272,7 +272,7 @@ fn an_interrupted_rename_aside_is_restored() {
     let extra = root.join(".checkpoint-00000002.old-77-1");
     std::fs::create_dir_all(&extra).unwrap();
     let removed = balora_train::checkpoint::clean_stale(&root);
-    assert_eq!(removed, [extra.clone()]);
+    assert_eq!(removed, std::slice::from_ref(&extra));
     assert!(!aside.exists() && !extra.exists());
     verify(&four).unwrap();
 }

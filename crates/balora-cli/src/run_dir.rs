@@ -262,7 +262,12 @@ pub fn open(
     let stored_is_input = inputs
         .iter()
         .any(|i| i.what == "config file" && canonical(i.path) == canonical(&cfg_path));
-    let existing = contents(out);
+    let mut existing = contents(out);
+    if existing == [CONFIG] {
+        // A run that stopped before its first step (e.g. the data did not load) left only its
+        // config: nothing to keep.
+        existing.clear();
+    }
     if resume {
         let ck_root = out.join("checkpoints");
         if balora_train::checkpoint::list_checkpoints(&ck_root).is_empty() {

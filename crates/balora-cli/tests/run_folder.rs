@@ -345,3 +345,25 @@ fn sigterm_also_checkpoints_and_exits_143() {
     assert_eq!(train_steps(&out), (1..=step).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_run_that_failed_before_its_first_step_does_not_block_the_folder() {
+    let Some(gguf) = balora_assets::for_test("smollm2") else {
+        return;
+    };
+    let dir = scratch("failedstart");
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    // The text corpus read as JSONL fails to load, after the folder was opened.
+    let bad = run(
+        &job(&gguf, &data, 1),
+        &["--set", "data.format=\"jsonl\""],
+        &out,
+    );
+    let e = err(&bad);
+    assert!(!bad.status.success() && e.contains("corpus.txt:1"), "{e}");
+    let good = run(&job(&gguf, &data, 1), &[], &out);
+    assert!(good.status.success(), "{}", err(&good));
+    assert_eq!(train_steps(&out), [1]);
+    std::fs::remove_dir_all(&dir).ok();
+}

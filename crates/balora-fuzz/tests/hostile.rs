@@ -522,7 +522,11 @@ fn hf_config_json_with_absurd_fields_is_refused_naming_the_field() {
         ("rms_norm_eps", (-1.0).into(), &["rms_norm_eps", "-1"]),
         ("rope_theta", 0.0.into(), &["rope_theta", "> 0"]),
         // A 2^24 × 2^24 RoPE rotation matrix would be 1 PiB.
-        ("head_dim", 16777216.into(), &["head_dim", "16777216", "2..=4096"]),
+        (
+            "head_dim",
+            16777216.into(),
+            &["head_dim", "16777216", "2..=4096"],
+        ),
     ];
     for (field, v, needles) in cases {
         let t = tempfile::tempdir().unwrap();
@@ -601,4 +605,50 @@ fn data_that_does_not_fit_the_model_is_refused_naming_the_setting() {
         .unwrap_err()
         .to_string();
     assert_has(&e, &["token id 19", "position 3", "vocabulary size 19"]);
+}
+
+#[test]
+fn a_rank_deficient_adapter_file_is_accepted_and_balanced_keeping_its_product() {
+    // r = 10 > min(in, out) = 8: legal in PEFT files, only rank-deficient.
+    let (ka, kb) = keys("model.layers.0.self_attn.q_proj");
+    let (a, b) = (gguf::weights(80, 21), gguf::weights(80, 22));
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("adapter");
+    let bytes = safetensors_bytes(&[
+        (ka.clone(), vec![10, 8], a.clone()),
+        (kb.clone(), vec![8, 10], b.clone()),
+    ]);
+    adapter::write_dir(&dir, &adapter::config_json(10, &["q_proj"]), &bytes).unwrap();
+    let out = t.path().join("out");
+    let rows = balora_models::balance::balance_adapter(
+        &dir,
+        &out,
+        balora_manifold::balanced::Gauge::Closest,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].active_rank <= 8, "{rows:?}");
+    let w = balora_models::st::read_safetensors(&out.join("adapter_model.safetensors")).unwrap();
+    let (a2, b2) = (&w.tensors[&ka].1, &w.tensors[&kb].1);
+    // B·A in f64, written out: [8, 10] × [10, 8].
+    let prod = |b: &[f32], a: &[f32]| -> Vec<f64> {
+        let mut p = vec![0f64; 64];
+        for i in 0..8 {
+            for j in 0..8 {
+                p[i * 8 + j] = (0..10)
+                    .map(|k| b[i * 10 + k] as f64 * a[k * 8 + j] as f64)
+                    .sum();
+            }
+        }
+        p
+    };
+    let (p, p2) = (prod(&b, &a), prod(b2, a2));
+    let num: f64 = p
+        .iter()
+        .zip(&p2)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = p.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!(num / den < 1e-5, "relative change of B·A: {}", num / den);
 }

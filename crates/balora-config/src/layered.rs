@@ -66,7 +66,7 @@ pub fn parse_set(s: &str) -> Result<(String, toml::Value), ConfigError> {
 }
 
 /// `BALORA_…` variables that are not job-config keys (asset cache, benchmarks, the synthetic
-/// experiment's own config layer); names ending in `_` are prefixes.
+/// experiment's own config layer, the fuzz tests' budget); names ending in `_` are prefixes.
 pub const NON_CONFIG_ENV: &[&str] = &[
     "ASSETS",
     "ASSET_ARCHIVES",
@@ -74,6 +74,7 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "REQUIRE_ASSETS",
     "BENCH_",
     "SYNTHETIC_",
+    "FUZZ_",
 ];
 
 /// The dotted config key of the environment key `key` (prefix stripped, any case), if its first

@@ -71,11 +71,7 @@ fn inspect_and_balance_refuse_empty_huge_rank_zero_and_non_finite_adapters() {
         let dir = adapter_dir(file, "balance");
         let out = dir.join("out");
         refused(
-            &[
-                "balance",
-                dir.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ],
+            &["balance", dir.to_str().unwrap(), out.to_str().unwrap()],
             &["adapter_model.safetensors", needle],
         );
         assert!(!out.join("adapter_model.safetensors").exists());
@@ -157,4 +153,35 @@ fn generate_refuses_bad_prompts_options_and_models() {
     let text = text.trim_end();
     assert!(text.starts_with("abc") && text.len() == 8, "{text:?}");
     assert!(text.chars().all(|c| ('a'..='p').contains(&c)), "{text:?}");
+}
+
+#[test]
+fn train_refuses_seq_len_beyond_the_context_and_a_rank_beyond_the_layer() {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("hostile-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let data = tmp.join("letters.txt");
+    let text: Vec<&str> = (0..3000).map(|i| ["a", "b", "c", "d"][i % 4]).collect();
+    std::fs::write(&data, text.join(" ")).unwrap();
+    let model = format!("model.path={:?}", corpus("gguf/tiny_llama.gguf"));
+    let data_set = format!("data.path={data:?}");
+    let run = |extra: &[&str], out: &str| {
+        let out = tmp.join(out);
+        let mut args = vec!["train", "--set", &model, "--set", &data_set];
+        args.extend_from_slice(extra);
+        let out = out.to_str().unwrap().to_string();
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["--out".to_string(), out]);
+        v
+    };
+    let a = run(&["--set", "data.seq_len=64", "--set", "adapter.r=4"], "seq");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    refused(&a, &["letters.txt", "data.seq_len = 64", "context of 32"]);
+    let a = run(
+        &["--set", "data.seq_len=16", "--set", "adapter.r=100000"],
+        "rank",
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    refused(&a, &["adapter.r = 100000", "1..=8", "q_proj"]);
 }

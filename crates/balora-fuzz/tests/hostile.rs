@@ -652,3 +652,40 @@ fn a_rank_deficient_adapter_file_is_accepted_and_balanced_keeping_its_product() 
     let den: f64 = p.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!(num / den < 1e-5, "relative change of B·A: {}", num / den);
 }
+
+#[test]
+fn deeply_nested_toml_json_and_jsonl_are_refused_without_overflowing_the_stack() {
+    let deep =
+        |open: &str, close: &str| format!("{}{}", open.repeat(100_000), close.repeat(100_000));
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("deep.toml");
+    std::fs::write(&p, format!("x = {}\n", deep("[", "]"))).unwrap();
+    let e = balora_config::load_layered(
+        balora_config::JobConfig::default(),
+        Some(&p),
+        "BALORA_TEST_NOENV_",
+        Some(balora_config::SECTIONS),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert_has(&e, &["recursion limit"]);
+    let text = format!(
+        r#"{{"r": 4, "lora_alpha": 8, "target_modules": {}}}"#,
+        deep("[", "]")
+    );
+    let e = balora_models::peft::parse_config(&text, "adapter_config.json")
+        .unwrap_err()
+        .to_string();
+    assert_has(&e, &["adapter_config.json", "recursion limit"]);
+    let p = t.path().join("deep.jsonl");
+    std::fs::write(&p, format!("{{\"text\": {}}}\n", deep("[", "]"))).unwrap();
+    let cfg = balora_config::DataSection {
+        format: balora_config::DataFormat::Jsonl,
+        ..Default::default()
+    };
+    let e = balora_data::load_dataset(&cfg, &p, &common::encoder(), 0)
+        .unwrap_err()
+        .to_string();
+    assert_has(&e, &["deep.jsonl:1", "recursion limit"]);
+}

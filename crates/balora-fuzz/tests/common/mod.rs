@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use balora_data::Encoder;
+use balora_models::load::load_llama_gguf;
 use std::path::{Path, PathBuf};
 
 /// CPU backend for model loads.
@@ -39,4 +40,48 @@ pub fn encoder() -> Encoder {
         vocab.join(", ")
     );
     Encoder::new(tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap())
+}
+
+/// `corpus/` of this crate.
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
+}
+
+/// The error of loading corpus GGUF `name`, checked to name the file.
+pub fn gguf_err(name: &str) -> String {
+    let p = corpus_dir().join("gguf").join(name);
+    let dev = Default::default();
+    match load_llama_gguf::<B>(&p, &dev) {
+        Ok(_) => panic!("{name} loaded"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains(p.to_str().unwrap()),
+                "the error names the file: {e}"
+            );
+            e
+        }
+    }
+}
+
+/// Fails unless `e` holds every needle.
+pub fn assert_has(e: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(e.contains(n), "expected `{n}` in: {e}");
+    }
+}
+
+/// A fresh adapter folder: corpus weights `weights` and config text `config`.
+pub fn adapter_dir(weights: &str, config: &str) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("adapter");
+    let w = std::fs::read(corpus_dir().join("safetensors").join(weights)).unwrap();
+    balora_fuzz::adapter::write_dir(&dir, config, &w).unwrap();
+    (t, dir)
+}
+
+/// The model of the corpus' valid tiny GGUF.
+pub fn tiny_model() -> balora_models::LlamaForCausalLm<B> {
+    let p = corpus_dir().join("gguf").join("tiny_llama.gguf");
+    load_llama_gguf::<B>(&p, &Default::default()).unwrap().model
 }

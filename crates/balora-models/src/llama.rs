@@ -107,7 +107,22 @@ impl LlamaConfig {
             .and_then(Value::as_u64)
             .map(|x| x as usize)
             .unwrap_or(hidden / heads.max(1));
-        let scaling = match v.get("rope_scaling") {
+        // transformers ≥ 5 writes RoPE settings under `rope_parameters` (`rope_theta`,
+        // `rope_type` and the scaling fields); older files use top-level `rope_theta` and
+        // `rope_scaling`. Both are read; the top-level keys win where both exist.
+        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_theta = v
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")?.as_f64()))
+            .unwrap_or(10000.0);
+        let scaled_params = rope_params.filter(|p| {
+            !matches!(
+                p.get("rope_type").and_then(Value::as_str),
+                None | Some("default")
+            )
+        });
+        let scaling = match v.get("rope_scaling").filter(|s| !s.is_null()).or(scaled_params) {
             None | Some(Value::Null) => None,
             Some(s) => {
                 let ty = s
@@ -144,7 +159,7 @@ impl LlamaConfig {
             num_kv_heads: kv,
             head_dim,
             rms_norm_eps: f("rms_norm_eps", 1e-6),
-            rope_theta: f("rope_theta", 10000.0),
+            rope_theta,
             rope_llama3_scaling: scaling,
             max_position: v
                 .get("max_position_embeddings")

@@ -143,6 +143,8 @@ pub fn read_adapter(dir: &Path) -> Result<(LoraConfig, crate::MemWeights), Model
     let spec = parse_config(&text, &cpath.display().to_string())?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
     let w = read_safetensors(&wpath)?;
+    // Shapes, ranks and finiteness before anything computes with the pairs.
+    crate::validate::check_adapter_pairs(&w)?;
     Ok((spec, w))
 }
 

@@ -338,3 +338,34 @@ fn gaussian_init_and_init_std_apply_per_layer_rank_on_llama() {
         check_gaussian_init(&a_rms(&m), "v_proj", init_std);
     }
 }
+
+/// transformers ≥ 5 writes RoPE settings under `rope_parameters` (e.g. Qwen2's θ = 1e6,
+/// Llama 3.1's `llama3` scaling); older files use top-level `rope_theta` / `rope_scaling`.
+#[test]
+fn rope_settings_are_read_from_transformers_5_rope_parameters() {
+    let t = tiny(false, true);
+    let mut j = t.json();
+    let top = j.as_object_mut().unwrap();
+    top.remove("rope_theta");
+    top.remove("rope_scaling");
+    top.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"rope_theta": 1000000.0, "rope_type": "default"}),
+    );
+    let cfg = LlamaConfig::from_hf_json(&j, "config.json").unwrap();
+    assert_eq!(cfg.rope_theta, 1e6);
+    assert_eq!(cfg.rope_llama3_scaling, None);
+
+    j["rope_parameters"] = serde_json::json!({
+        "rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192
+    });
+    let cfg = LlamaConfig::from_hf_json(&j, "config.json").unwrap();
+    assert_eq!(cfg.rope_theta, 5e5);
+    assert_eq!(cfg.rope_llama3_scaling, Some((8.0, 1.0, 4.0, 8192.0)));
+
+    // The pre-5 spelling still wins where both are present.
+    j["rope_theta"] = 250000.0.into();
+    assert_eq!(LlamaConfig::from_hf_json(&j, "config.json").unwrap().rope_theta, 2.5e5);
+}

@@ -43,7 +43,7 @@ mod tokenizer;
 
 pub use config::read_hf_config;
 pub use error::FormatError;
-pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
+pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, MAX_ARRAY_DEPTH, MAX_METADATA_VALUES};
 pub use hf_names::{llama_gguf_to_hf, LlamaHfView};
 pub use quant::GgmlType;
 pub use safetensors::SafetensorsFiles;

@@ -122,7 +122,11 @@ impl LlamaConfig {
                 None | Some("default")
             )
         });
-        let scaling = match v.get("rope_scaling").filter(|s| !s.is_null()).or(scaled_params) {
+        let scaling = match v
+            .get("rope_scaling")
+            .filter(|s| !s.is_null())
+            .or(scaled_params)
+        {
             None | Some(Value::Null) => None,
             Some(s) => {
                 let ty = s

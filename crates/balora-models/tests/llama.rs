@@ -367,5 +367,10 @@ fn rope_settings_are_read_from_transformers_5_rope_parameters() {
 
     // The pre-5 spelling still wins where both are present.
     j["rope_theta"] = 250000.0.into();
-    assert_eq!(LlamaConfig::from_hf_json(&j, "config.json").unwrap().rope_theta, 2.5e5);
+    assert_eq!(
+        LlamaConfig::from_hf_json(&j, "config.json")
+            .unwrap()
+            .rope_theta,
+        2.5e5
+    );
 }

@@ -686,7 +686,17 @@ impl Xtask {
         run(self.cargo().args(["fmt", "--all", "--check"]))?;
         // Default features (ndarray): what a new user gets; includes the conformance checks on
         // ndarray and the doctests.
+        let fuzz_summary = self.target.join("tmp/fuzz-summary.txt");
+        let _ = std::fs::remove_file(&fuzz_summary);
         run(self.cargo().args(["test", "--workspace"]))?;
+        // The bounded fuzz run (balora-fuzz) leaves its per-reader counts here.
+        match std::fs::read_to_string(&fuzz_summary) {
+            Ok(s) => eprintln!("\n{}", s.trim_end()),
+            Err(e) => bail!(
+                "the fuzz run wrote no summary ({}): {e}",
+                fuzz_summary.display()
+            ),
+        }
         // The heavy feature set, built once: wgpu runs (lavapipe on CPU machines), cuda is built
         // and reports "skipped: no usable device" without a GPU.
         // CUDA is type-checked only (below): building its kernels' host code would add a third

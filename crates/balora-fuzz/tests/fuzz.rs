@@ -291,23 +291,34 @@ fn fuzz_every_reader_without_a_panic() {
     let share = time / targets.len() as u32;
     let mut all = Vec::new();
     let mut total = 0;
+    let mut lines = Vec::new();
     // The panic messages of caught panics still print (useful when one fails).
     for (kind, target, seeds) in &targets {
         let t = Instant::now();
         let (n, deep, f) = fuzz(kind, *target, seeds, share, seed, &c);
-        println!(
+        let line = format!(
             "fuzz {kind}: {n} inputs ({} seeds + {} mutations, {deep} accepted through every stage) in {:.1} s, {} failures",
             seeds.len(),
             n - seeds.len(),
             t.elapsed().as_secs_f64(),
             f.len()
         );
+        println!("{line}");
+        lines.push(line);
         total += n;
         all.extend(f);
     }
-    println!(
-        "fuzz: {total} inputs tried in all (BALORA_FUZZ_SECS = {}, seed {seed})",
-        time.as_secs_f64()
+    let summary = format!(
+        "fuzz: {total} inputs tried in all (BALORA_FUZZ_SECS = {}, seed {seed}), {} failures",
+        time.as_secs_f64(),
+        all.len()
+    );
+    println!("{summary}");
+    // `cargo xtask test` prints this file after the workspace tests, so CI's log shows the count
+    // (libtest captures the output of passing tests).
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-summary.txt"),
+        format!("{}\n{summary}\n", lines.join("\n")),
     );
     assert!(
         all.is_empty(),

@@ -22,6 +22,8 @@ mod builtin;
 mod driver;
 mod registry;
 pub mod rules;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transport;
 
 /// Re-exported so plugin crates register without naming `inventory` themselves.

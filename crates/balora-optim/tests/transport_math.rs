@@ -7,109 +7,16 @@
 //! `β₁ = β₂ = 0` and `lr = 0`, told about the re-factorisation through its public `on_refactor`,
 //! and its exported state must then be the autodiff gradient *at the new point* (and, when the
 //! transform is a signed permutation, its element-wise square). Nothing here applies `Pᵀ·m` or
-//! `(P∘P)ᵀ·v` itself.
+//! `(P∘P)ᵀ·v` itself. The loss, the gradients and the re-factoring are `balora_optim::testkit`'s
+//! (shared with the optimizer plugins' transport tests).
 
-use balora_adapter::{apply_manifold, LoraAdapter};
-use balora_manifold::{build_manifold, DMatrix, GaugeTransform, OptionValue, Options};
+use balora_manifold::DMatrix;
 use balora_optim::rules::AdamWParams;
-use balora_optim::{signed_permutation, AdamW, AdapterOptimizer, PairStep, TransportMode};
-use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData};
-use burn_ndarray::NdArray;
-
-type F = NdArray<f64>;
-type AD = Autodiff<F>;
-const SCALE: f64 = 0.7;
-
-/// Deterministic pseudo-random matrix with entries in [-1, 1).
-fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    DMatrix::from_fn(rows, cols, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    })
-}
-
-fn tensor<Bk: burn::tensor::backend::Backend>(m: &DMatrix<f64>) -> Tensor<Bk, 2> {
-    let rows: Vec<f64> = m.transpose().iter().copied().collect();
-    Tensor::from_data(
-        TensorData::new(rows, [m.nrows(), m.ncols()]),
-        &Default::default(),
-    )
-}
-
-fn matrix<Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
-    let [r, c] = t.dims();
-    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
-    DMatrix::from_row_slice(r, c, &v)
-}
-
-fn rel_err(got: &DMatrix<f64>, want: &DMatrix<f64>) -> f64 {
-    (got - want).amax() / want.amax().max(1e-300)
-}
-
-/// The fixed parts of the loss: `W0` (out×in), `X` (in×k), `Y` (out×k).
-struct Problem {
-    w0: DMatrix<f64>,
-    x: DMatrix<f64>,
-    y: DMatrix<f64>,
-}
-
-impl Problem {
-    fn new(n_out: usize, n_in: usize, seed: u64) -> Self {
-        Self {
-            w0: rand_mat(n_out, n_in, seed),
-            x: rand_mat(n_in, 7, seed + 1),
-            y: rand_mat(n_out, 7, seed + 2),
-        }
-    }
-
-    /// `(∇A f, ∇B f)` at `(A, B)` by autodiff.
-    fn grads(&self, a: &DMatrix<f64>, b: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
-        let ta = tensor::<AD>(a).require_grad();
-        let tb = tensor::<AD>(b).require_grad();
-        let w = tensor::<AD>(&self.w0) + tb.clone().matmul(ta.clone()).mul_scalar(SCALE);
-        let z = w.matmul(tensor::<AD>(&self.x));
-        let loss = (z.clone() - tensor::<AD>(&self.y))
-            .powi_scalar(2)
-            .sum()
-            .mul_scalar(0.5)
-            + z.tanh().powi_scalar(2).sum().mul_scalar(0.3);
-        let g = loss.backward();
-        (
-            matrix(ta.grad(&g).expect("A is a leaf")),
-            matrix(tb.grad(&g).expect("B is a leaf")),
-        )
-    }
-}
-
-/// The real hook with the balanced manifold of `gauge` on one adapter: `(A', B', transform, key)`.
-fn refactor(
-    a: &DMatrix<f64>,
-    b: &DMatrix<f64>,
-    gauge: &str,
-) -> (DMatrix<f64>, DMatrix<f64>, GaugeTransform, String) {
-    let manifold = build_manifold(
-        "balanced",
-        &Options::default().with("gauge", OptionValue::Str(gauge.into())),
-    )
-    .unwrap();
-    let adapter = LoraAdapter::<F>::from_tensors(tensor(a), tensor(b), SCALE, 0.0);
-    let (adapter, report) = apply_manifold(adapter, manifold.as_ref(), 1).unwrap();
-    assert_eq!(
-        report.refactored, 1,
-        "{gauge}: the pair must be re-factored"
-    );
-    let (key, t) = report.transforms.into_iter().next().unwrap();
-    (
-        matrix(adapter.lora_a.val()),
-        matrix(adapter.lora_b.val()),
-        t,
-        key,
-    )
-}
+use balora_optim::testkit::{
+    buffer, fill_moments, matrix, pair_step, rand_mat, refactor, rel_err, scrambled_canonical,
+    Problem, F64 as F,
+};
+use balora_optim::{signed_permutation, AdamW, AdapterOptimizer, TransportMode};
 
 /// AdamW whose `m` is the gradient and `v` its square (β₁ = β₂ = 0, one step with lr = 0).
 fn adamw_holding(
@@ -123,50 +30,15 @@ fn adamw_holding(
         beta2: 0.0,
         ..AdamWParams::default()
     };
-    let mut opt = AdamW::<F>::new(hp, mode);
-    opt.step_pair(
-        key,
-        0.0,
-        PairStep {
-            a: tensor(a),
-            b: tensor(b),
-            grad_a: tensor(ga),
-            grad_b: tensor(gb),
-            grams: None,
-        },
-    );
-    opt
-}
-
-/// Exported buffer `name` (`m` or `v`) of factor `which` (`lora_a`/`lora_b`) as an r×c matrix.
-fn buffer(
-    opt: &dyn AdapterOptimizer<F>,
-    key: &str,
-    which: &str,
-    name: &str,
-    shape: (usize, usize),
-) -> DMatrix<f64> {
-    let want = format!("{key}.{which}/{name}");
-    let data = opt
-        .state()
-        .into_iter()
-        .find(|(k, _)| *k == want)
-        .unwrap_or_else(|| panic!("no state entry `{want}`"))
-        .1;
-    DMatrix::from_row_slice(shape.0, shape.1, &data.iter::<f64>().collect::<Vec<_>>())
+    fill_moments(AdamW::<F>::new(hp, mode), key, (a, b), (ga, gb))
 }
 
 /// A canonical balanced pair with its gauge scrambled by a signed permutation: re-factoring it
 /// with the canonical gauge undoes a signed permutation.
-fn scrambled_canonical(n_out: usize, n_in: usize, seed: u64) -> (DMatrix<f64>, DMatrix<f64>) {
-    let (a0, b0, _, _) = refactor(
-        &rand_mat(3, n_in, seed),
-        &rand_mat(n_out, 3, seed + 1),
-        "canonical",
-    );
+fn scrambled(n_out: usize, n_in: usize, seed: u64) -> (DMatrix<f64>, DMatrix<f64>) {
     // Rows of A cycled and two signs flipped (a signed 3-cycle S, S⁻¹ = Sᵀ ≠ S).
     let s = DMatrix::from_row_slice(3, 3, &[0.0, -1.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0]);
-    (&s * a0, b0 * s.transpose())
+    scrambled_canonical(n_out, n_in, seed, &s)
 }
 
 #[test]
@@ -219,7 +91,7 @@ fn transported_first_moment_is_the_gradient_at_the_new_point() {
 fn signed_permutation_transport_of_v_is_the_squared_gradient_at_the_new_point() {
     let (n_out, n_in) = (6, 5);
     let prob = Problem::new(n_out, n_in, 7);
-    let (a, b) = scrambled_canonical(n_out, n_in, 11);
+    let (a, b) = scrambled(n_out, n_in, 11);
     let (ga, gb) = prob.grads(&a, &b);
     let (a1, b1, t, key) = refactor(&a, &b, "canonical");
     let s = signed_permutation(&t.p, 1e-9)
@@ -263,17 +135,7 @@ fn adamw_steps(
 ) -> (DMatrix<f64>, DMatrix<f64>) {
     for &lr in lrs {
         let (ga, gb) = prob.grads(&a, &b);
-        let (na, nb) = opt.step_pair(
-            key,
-            lr,
-            PairStep {
-                a: tensor(&a),
-                b: tensor(&b),
-                grad_a: tensor(&ga),
-                grad_b: tensor(&gb),
-                grams: None,
-            },
-        );
+        let (na, nb) = opt.step_pair(key, lr, pair_step((&a, &b), (&ga, &gb)));
         (a, b) = (matrix(na), matrix(nb));
     }
     (a, b)
@@ -286,7 +148,7 @@ fn full_transport_makes_adamw_equivariant_under_signed_permutations() {
     // on must land where optimising throughout and re-factoring at the end lands.
     let (n_out, n_in) = (6, 5);
     let prob = Problem::new(n_out, n_in, 21);
-    let (a, b) = scrambled_canonical(n_out, n_in, 23);
+    let (a, b) = scrambled(n_out, n_in, 23);
     let hp = AdamWParams {
         beta1: 0.8,
         beta2: 0.9,
@@ -348,17 +210,7 @@ fn diagonal_rule_is_the_expected_square_for_independent_coordinates() {
         let ga = rand_mat(r, n_in, 1000 + k).component_mul(&spread_a);
         let gb = rand_mat(n_out, r, 90_000 + k).component_mul(&spread_b);
         for opt in [&mut diag, &mut keep] {
-            opt.step_pair(
-                &key,
-                0.0,
-                PairStep {
-                    a: tensor(&a),
-                    b: tensor(&b),
-                    grad_a: tensor(&ga),
-                    grad_b: tensor(&gb),
-                    grams: None,
-                },
-            );
+            opt.step_pair(&key, 0.0, pair_step((&a, &b), (&ga, &gb)));
         }
         let (na, nb) = (t.p.transpose() * &ga, &gb * t.q.transpose());
         va = va * beta2 + na.component_mul(&na) * (1.0 - beta2);

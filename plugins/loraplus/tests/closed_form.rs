@@ -3,36 +3,12 @@
 
 extern crate balora_plugin_loraplus;
 
+use balora_optim::testkit::{matrix, rand_mat, tensor};
 use balora_optim::{build_optimizer, optimizer_entries, OptionValue, Options, PairStep};
 use burn::backend::NdArray;
-use burn::tensor::{Tensor, TensorData};
 use nalgebra::DMatrix;
 
 type B = NdArray;
-
-fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    DMatrix::from_fn(rows, cols, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    })
-}
-
-fn tensor(m: &DMatrix<f64>) -> Tensor<B, 2> {
-    let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-    Tensor::from_data(
-        TensorData::new(rows, [m.nrows(), m.ncols()]),
-        &Default::default(),
-    )
-}
-
-fn matrix(t: Tensor<B, 2>) -> DMatrix<f64> {
-    let [r, c] = t.dims();
-    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
-    DMatrix::from_row_slice(r, c, &v)
-}
 
 /// One element-wise AdamW step in f64 with bias correction and decoupled decay.
 #[allow(clippy::too_many_arguments)]

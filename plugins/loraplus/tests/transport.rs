@@ -3,127 +3,15 @@
 //! and at the pair the real balanced manifold re-factors it into; the optimizer holds
 //! `m = ∇f`, `v = ∇f²` at the old point (one step with β₁ = β₂ = 0, lr = 0), is told through
 //! `on_refactor`, and must then hold `∇f` (and, for signed permutations, `∇f²`) at the new point.
+//! The loss, gradients and re-factoring are `balora_optim::testkit`'s.
 
-use balora_adapter::{apply_manifold, LoraAdapter};
-use balora_manifold::{build_manifold, DMatrix, GaugeTransform, OptionValue, Options};
+use balora_manifold::DMatrix;
 use balora_optim::rules::AdamWParams;
-use balora_optim::{signed_permutation, AdapterOptimizer, PairStep, TransportMode};
+use balora_optim::testkit::{
+    buffer, fill_moments, rand_mat, refactor, rel_err, scrambled_canonical, Problem, F64 as F,
+};
+use balora_optim::{signed_permutation, AdapterOptimizer, TransportMode};
 use balora_plugin_loraplus::LoraPlus;
-use burn::backend::Autodiff;
-use burn::tensor::{Tensor, TensorData};
-use burn_ndarray::NdArray;
-
-type F = NdArray<f64>;
-type AD = Autodiff<F>;
-const SCALE: f64 = 0.7;
-
-/// Deterministic pseudo-random matrix with entries in [-1, 1).
-fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    DMatrix::from_fn(rows, cols, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    })
-}
-
-fn tensor<Bk: burn::tensor::backend::Backend>(m: &DMatrix<f64>) -> Tensor<Bk, 2> {
-    let rows: Vec<f64> = m.transpose().iter().copied().collect();
-    Tensor::from_data(
-        TensorData::new(rows, [m.nrows(), m.ncols()]),
-        &Default::default(),
-    )
-}
-
-fn matrix<Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
-    let [r, c] = t.dims();
-    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
-    DMatrix::from_row_slice(r, c, &v)
-}
-
-fn rel_err(got: &DMatrix<f64>, want: &DMatrix<f64>) -> f64 {
-    (got - want).amax() / want.amax().max(1e-300)
-}
-
-/// The fixed parts of the loss: `W0` (out×in), `X` (in×k), `Y` (out×k).
-struct Problem {
-    w0: DMatrix<f64>,
-    x: DMatrix<f64>,
-    y: DMatrix<f64>,
-}
-
-impl Problem {
-    fn new(n_out: usize, n_in: usize, seed: u64) -> Self {
-        Self {
-            w0: rand_mat(n_out, n_in, seed),
-            x: rand_mat(n_in, 7, seed + 1),
-            y: rand_mat(n_out, 7, seed + 2),
-        }
-    }
-
-    /// `(∇A f, ∇B f)` at `(A, B)` by autodiff.
-    fn grads(&self, a: &DMatrix<f64>, b: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
-        let ta = tensor::<AD>(a).require_grad();
-        let tb = tensor::<AD>(b).require_grad();
-        let w = tensor::<AD>(&self.w0) + tb.clone().matmul(ta.clone()).mul_scalar(SCALE);
-        let z = w.matmul(tensor::<AD>(&self.x));
-        let loss = (z.clone() - tensor::<AD>(&self.y))
-            .powi_scalar(2)
-            .sum()
-            .mul_scalar(0.5)
-            + z.tanh().powi_scalar(2).sum().mul_scalar(0.3);
-        let g = loss.backward();
-        (
-            matrix(ta.grad(&g).expect("A is a leaf")),
-            matrix(tb.grad(&g).expect("B is a leaf")),
-        )
-    }
-}
-
-/// The real hook with the balanced manifold of `gauge` on one adapter: `(A', B', transform, key)`.
-fn refactor(
-    a: &DMatrix<f64>,
-    b: &DMatrix<f64>,
-    gauge: &str,
-) -> (DMatrix<f64>, DMatrix<f64>, GaugeTransform, String) {
-    let manifold = build_manifold(
-        "balanced",
-        &Options::default().with("gauge", OptionValue::Str(gauge.into())),
-    )
-    .unwrap();
-    let adapter = LoraAdapter::<F>::from_tensors(tensor(a), tensor(b), SCALE, 0.0);
-    let (adapter, report) = apply_manifold(adapter, manifold.as_ref(), 1).unwrap();
-    assert_eq!(
-        report.refactored, 1,
-        "{gauge}: the pair must be re-factored"
-    );
-    let (key, t) = report.transforms.into_iter().next().unwrap();
-    (
-        matrix(adapter.lora_a.val()),
-        matrix(adapter.lora_b.val()),
-        t,
-        key,
-    )
-}
-
-/// Exported buffer `name` (`m` or `v`) of factor `which` (`lora_a`/`lora_b`) as an r×c matrix.
-fn buffer(
-    opt: &dyn AdapterOptimizer<F>,
-    key: &str,
-    which: &str,
-    name: &str,
-    shape: (usize, usize),
-) -> DMatrix<f64> {
-    let want = format!("{key}.{which}/{name}");
-    let data = opt
-        .state()
-        .into_iter()
-        .find(|(k, _)| *k == want)
-        .unwrap_or_else(|| panic!("no state entry `{want}`"))
-        .1;
-    DMatrix::from_row_slice(shape.0, shape.1, &data.iter::<f64>().collect::<Vec<_>>())
-}
 
 fn holding(
     mode: TransportMode,
@@ -136,19 +24,7 @@ fn holding(
         beta2: 0.0,
         ..AdamWParams::default()
     };
-    let mut opt = LoraPlus::<F>::new(hp, 16.0, mode);
-    opt.step_pair(
-        key,
-        0.0,
-        PairStep {
-            a: tensor(a),
-            b: tensor(b),
-            grad_a: tensor(ga),
-            grad_b: tensor(gb),
-            grams: None,
-        },
-    );
-    opt
+    fill_moments(LoraPlus::<F>::new(hp, 16.0, mode), key, (a, b), (ga, gb))
 }
 
 #[test]
@@ -182,9 +58,8 @@ fn first_moment_follows_the_gradient_for_both_gauges() {
 fn second_moment_follows_a_signed_permutation_exactly() {
     let (n_out, n_in) = (5, 6);
     let prob = Problem::new(n_out, n_in, 51);
-    let (a0, b0, _, _) = refactor(&rand_mat(3, n_in, 52), &rand_mat(n_out, 3, 53), "canonical");
     let s = DMatrix::from_row_slice(3, 3, &[0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0]);
-    let (a, b) = (&s * a0, b0 * s.transpose());
+    let (a, b) = scrambled_canonical(n_out, n_in, 52, &s);
     let (ga, gb) = prob.grads(&a, &b);
     let (a1, b1, t, key) = refactor(&a, &b, "canonical");
     assert!(signed_permutation(&t.p, 1e-9).is_some(), "{}", t.p);

@@ -5,19 +5,10 @@ extern crate balora_plugin_orthonormal;
 
 use balora_adapter::{apply_manifold, LoraAdapter, LoraLinear};
 use balora_manifold::{build_manifold, manifold_entries, OptionValue, Options, PairGrams};
+use balora_optim::testkit::rand_mat;
 use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
 use nalgebra::DMatrix;
-
-fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    DMatrix::from_fn(rows, cols, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    })
-}
 
 fn manifold() -> Box<dyn balora_manifold::Manifold> {
     build_manifold("orthonormal", &Options::default()).expect("plugin registered")

@@ -7,43 +7,16 @@
 extern crate balora_plugin_riemannian;
 
 use balora_adapter::{LoraAdapter, LoraLinear};
+use balora_optim::testkit::{matrix, rand_mat, rel_err, tensor};
 use balora_optim::{build_optimizer, OptimizerDriver, OptionValue, Options, PairStep};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use nalgebra::DMatrix;
 
 type B = NdArray;
-
-fn rand_mat(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    DMatrix::from_fn(rows, cols, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    })
-}
-
-fn tensor<Bk: burn::tensor::backend::Backend>(m: &DMatrix<f64>) -> Tensor<Bk, 2> {
-    let rows: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
-    Tensor::from_data(
-        TensorData::new(rows, [m.nrows(), m.ncols()]),
-        &Default::default(),
-    )
-}
-
-fn matrix<Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, 2>) -> DMatrix<f64> {
-    let [r, c] = t.dims();
-    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
-    DMatrix::from_row_slice(r, c, &v)
-}
-
-fn rel_err(got: &DMatrix<f64>, want: &DMatrix<f64>) -> f64 {
-    (got - want).amax() / want.amax()
-}
 
 /// `(A + δI)⁻¹` by Gauss–Jordan (nalgebra's LU-based general inverse).
 fn damped_inv(m: &DMatrix<f64>, delta: f64) -> DMatrix<f64> {

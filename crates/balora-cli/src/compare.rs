@@ -175,22 +175,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 for m in &methods {
                     let dir = cell_dir(m, lr, std);
                     let cfg = cell_config(&base_cfg, m, lr, std, &dir)?;
-                    let mut inputs = vec![
-                        crate::run_dir::Input {
-                            what: "model",
-                            path: &res.model_path,
-                        },
-                        crate::run_dir::Input {
-                            what: "data",
-                            path: &res.data_path,
-                        },
-                    ];
-                    if let Some(c) = &args.job.config {
-                        inputs.push(crate::run_dir::Input {
-                            what: "config file",
-                            path: c,
-                        });
-                    }
+                    let inputs = res.inputs(&cfg, args.job.config.as_deref());
                     let _held = crate::run_dir::open(&dir, &cfg, &inputs, false)?;
                     tracing::info!(
                         "[{}/{total}] {} lr {lr:e} init std {std:e}",

@@ -20,6 +20,43 @@ pub struct Resolved {
     pub data_path: PathBuf,
 }
 
+impl Resolved {
+    /// Everything a run of `cfg` reads — model, data, the config file it came from (if any),
+    /// tokenizer and validation data (if set) — for [`crate::run_dir::open`] to keep the run
+    /// folder off them.
+    pub fn inputs<'a>(
+        &'a self,
+        cfg: &'a JobConfig,
+        config_file: Option<&'a Path>,
+    ) -> Vec<crate::run_dir::Input<'a>> {
+        let mut inputs = vec![
+            crate::run_dir::Input {
+                what: "model",
+                path: &self.model_path,
+            },
+            crate::run_dir::Input {
+                what: "data",
+                path: &self.data_path,
+            },
+        ];
+        if let Some(c) = config_file {
+            inputs.push(crate::run_dir::Input {
+                what: "config file",
+                path: c,
+            });
+        }
+        for (what, p) in [
+            ("tokenizer", &cfg.model.tokenizer),
+            ("validation data", &cfg.data.validation_path),
+        ] {
+            if let Some(p) = p {
+                inputs.push(crate::run_dir::Input { what, path: p });
+            }
+        }
+        inputs
+    }
+}
+
 /// Fetches the pinned assets the job names (with progress) and returns the paths.
 pub fn resolve(cfg: &JobConfig) -> Result<Resolved> {
     let mut names: Vec<&str> = Vec::new();
@@ -343,30 +380,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let backend = backend_of(cfg.backend);
     let start = Instant::now();
     let res = resolve(&cfg)?;
-    let mut inputs = vec![
-        crate::run_dir::Input {
-            what: "model",
-            path: &res.model_path,
-        },
-        crate::run_dir::Input {
-            what: "data",
-            path: &res.data_path,
-        },
-    ];
-    if let Some(c) = &a.job.config {
-        inputs.push(crate::run_dir::Input {
-            what: "config file",
-            path: c,
-        });
-    }
-    for (what, p) in [
-        ("tokenizer", &cfg.model.tokenizer),
-        ("validation data", &cfg.data.validation_path),
-    ] {
-        if let Some(p) = p {
-            inputs.push(crate::run_dir::Input { what, path: p });
-        }
-    }
+    let inputs = res.inputs(&cfg, a.job.config.as_deref());
     let run_dir = crate::run_dir::open(&out, &cfg, &inputs, a.allow_config_change)?;
     crate::signals::install();
     let mopts = MethodOpts {

@@ -11,11 +11,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn balora() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_balora"))
-}
+mod common;
+use common::{balora, generate_capital_of_france};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("balora-{name}-{}", std::process::id()));
@@ -202,16 +200,9 @@ fn merge_writes_w0_plus_scaled_product_in_hf_layout() {
 
 #[test]
 fn generate_greedy_continues_like_the_reference() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some(o) = generate_capital_of_france() else {
         return;
     };
-    let o = balora()
-        .arg("generate")
-        .arg("--model")
-        .arg(&gguf)
-        .args(["--prompt", "The capital of France is", "--max-tokens", "2"])
-        .output()
-        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // tools/reference/models_golden.py (numpy, float64) decodes " Paris." greedily.
     let text = String::from_utf8_lossy(&o.stdout);

@@ -2,17 +2,8 @@
 //! variables, `config show --out`, `compare` validating its grid like `train` validates a job, and
 //! logs kept off stdout.
 
-use std::process::Command;
-
-fn balora() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_balora"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BALORA_") && k != "BALORA_ASSETS" && k != "BALORA_REQUIRE_ASSETS" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+mod common;
+use common::{balora, generate_capital_of_france};
 
 fn show(envs: &[(&str, &str)], extra: &[&str]) -> (bool, String, String) {
     let o = balora()
@@ -93,16 +84,9 @@ fn compare_rejects_a_bad_grid_before_loading_anything() {
 
 #[test]
 fn generate_puts_only_the_text_on_stdout_and_uncoloured_logs_on_stderr() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some(o) = generate_capital_of_france() else {
         return;
     };
-    let o = balora()
-        .arg("generate")
-        .arg("--model")
-        .arg(&gguf)
-        .args(["--prompt", "The capital of France is", "--max-tokens", "2"])
-        .output()
-        .unwrap();
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),

@@ -37,6 +37,14 @@ fn refused(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// `balora generate --model <model> --prompt <prompt> <extra…>` must be [`refused`] with every
+/// needle.
+fn generate_refused(model: &str, prompt: &str, extra: &[&str], needles: &[&str]) {
+    let mut args = vec!["generate", "--model", model, "--prompt", prompt];
+    args.extend_from_slice(extra);
+    refused(&args, needles);
+}
+
 /// A fresh adapter folder holding corpus weights `weights` and a valid rank-4 q_proj config.
 fn adapter_dir(weights: &str, tag: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -82,26 +90,14 @@ fn inspect_and_balance_refuse_empty_huge_rank_zero_and_non_finite_adapters() {
 fn generate_refuses_bad_prompts_options_and_models() {
     let tiny = corpus("gguf/tiny_llama.gguf");
     let tiny = tiny.to_str().unwrap();
-    refused(
-        &["generate", "--model", tiny, "--prompt", ""],
-        &["--prompt is empty"],
-    );
-    refused(
-        &[
-            "generate",
-            "--model",
-            tiny,
-            "--prompt",
-            "abc",
-            "--temperature",
-            "nan",
-        ],
-        &["temperature NaN"],
-    );
+    generate_refused(tiny, "", &[], &["--prompt is empty"]);
+    generate_refused(tiny, "abc", &["--temperature", "nan"], &["temperature NaN"]);
     // 40 letters are 40 tokens (one per letter, no merges): more than the 32 positions.
     let long = "a".repeat(40);
-    refused(
-        &["generate", "--model", tiny, "--prompt", &long],
+    generate_refused(
+        tiny,
+        &long,
+        &[],
         &["tiny_llama.gguf", "40 tokens", "context is 32"],
     );
     for (file, needle) in [
@@ -110,28 +106,13 @@ fn generate_refuses_bad_prompts_options_and_models() {
         ("block_count_ffffffff.gguf", "llama.block_count"),
     ] {
         let p = corpus("gguf").join(file);
-        refused(
-            &[
-                "generate",
-                "--model",
-                p.to_str().unwrap(),
-                "--prompt",
-                "abc",
-            ],
-            &[file, needle],
-        );
+        generate_refused(p.to_str().unwrap(), "abc", &[], &[file, needle]);
     }
     let nan_adapter = adapter_dir("nan.safetensors", "generate");
-    refused(
-        &[
-            "generate",
-            "--model",
-            tiny,
-            "--prompt",
-            "abc",
-            "--adapter",
-            nan_adapter.to_str().unwrap(),
-        ],
+    generate_refused(
+        tiny,
+        "abc",
+        &["--adapter", nan_adapter.to_str().unwrap()],
         &["adapter_model.safetensors", "NaN"],
     );
     // The valid tiny model generates: the prompt, then letters a…p only.

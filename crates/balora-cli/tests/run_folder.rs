@@ -5,15 +5,38 @@
 
 mod run_common;
 use run_common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+/// The test's scratch folder `dir` (named after `name`) with the corpus `data` in it, the run
+/// folder `out` (`<dir>/run`, not created) and the SmolLM2 asset `gguf`, as
+/// `(gguf, dir, data, out)`; `None` when the asset is absent and not required
+/// (`balora_assets::for_test`: a failure under `BALORA_REQUIRE_ASSETS=1`).
+fn setup(name: &str) -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+    let gguf = balora_assets::for_test("smollm2")?;
+    let dir = scratch(name);
+    let data = corpus(&dir);
+    let out = dir.join("run");
+    Some((gguf, dir, data, out))
+}
+
+/// `balora train <args> --out <out>` in the background, stderr piped.
+fn spawn_run(args: &[String], out: &Path) -> Child {
+    balora()
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
 
 #[test]
 fn a_used_folder_is_refused_and_overwrite_replaces_the_run() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("reuse") else {
         return;
     };
-    let dir = scratch("reuse");
-    let data = corpus(&dir);
-    let out = dir.join("run");
     let first = run(&job(&gguf, &data, 2), &[], &out);
     assert!(first.status.success(), "{}", err(&first));
     // Logs (and the no-terminal progress lines) are on stderr, without colour codes; stdout has
@@ -84,11 +107,9 @@ fn a_used_folder_is_refused_and_overwrite_replaces_the_run() {
 
 #[test]
 fn outputs_never_go_over_inputs() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, _)) = setup("inputs") else {
         return;
     };
-    let dir = scratch("inputs");
-    let data = corpus(&dir);
     let config = dir.join("job.toml");
     std::fs::write(&config, "[trainer]\nsteps = 2\n").unwrap();
     let config_bytes = std::fs::read(&config).unwrap();
@@ -119,12 +140,9 @@ fn outputs_never_go_over_inputs() {
 
 #[test]
 fn resume_without_a_checkpoint_is_an_error() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("nockpt") else {
         return;
     };
-    let dir = scratch("nockpt");
-    let data = corpus(&dir);
-    let out = dir.join("run");
     let o = run(
         &job(&gguf, &data, 2),
         &["--set", "trainer.resume=true"],
@@ -142,12 +160,10 @@ fn resume_without_a_checkpoint_is_an_error() {
 
 #[test]
 fn damaged_newest_checkpoint_falls_back_and_stale_staging_is_removed() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("fallback") else {
         return;
     };
-    let dir = scratch("fallback");
-    let data = corpus(&dir);
-    let (full, out) = (dir.join("full"), dir.join("run"));
+    let full = dir.join("full");
     let args = job(&gguf, &data, 4);
     let ck = [
         "--set",
@@ -208,7 +224,7 @@ fn damaged_newest_checkpoint_falls_back_and_stale_staging_is_removed() {
 }
 
 /// Waits until `out` has at least `n` train records (or panics after a minute).
-fn wait_for_steps(out: &std::path::Path, n: usize, child: &mut std::process::Child) {
+fn wait_for_steps(out: &Path, n: usize, child: &mut Child) {
     let t0 = std::time::Instant::now();
     while train_steps(out).len() < n {
         if let Ok(Some(s)) = child.try_wait() {
@@ -225,20 +241,10 @@ fn wait_for_steps(out: &std::path::Path, n: usize, child: &mut std::process::Chi
 
 #[test]
 fn a_second_run_in_the_same_folder_fails_and_the_first_finishes_intact() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("lock") else {
         return;
     };
-    let dir = scratch("lock");
-    let data = corpus(&dir);
-    let out = dir.join("run");
-    let mut first = balora()
-        .args(job(&gguf, &data, 12))
-        .arg("--out")
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_run(&job(&gguf, &data, 12), &out);
     wait_for_steps(&out, 1, &mut first);
     for extra in [
         &[][..],
@@ -265,23 +271,13 @@ fn a_second_run_in_the_same_folder_fails_and_the_first_finishes_intact() {
 #[cfg(unix)]
 #[test]
 fn sigint_writes_a_final_checkpoint_and_the_printed_resume_finishes() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("sigint") else {
         return;
     };
-    let dir = scratch("sigint");
-    let data = corpus(&dir);
-    let out = dir.join("run");
     // checkpoint_every = 0: only the signal's checkpoint can exist mid-run.
     let mut args = job(&gguf, &data, 30);
     args.extend(["--set".into(), "trainer.checkpoint_every=0".into()]);
-    let mut child = balora()
-        .args(&args)
-        .arg("--out")
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&args, &out);
     wait_for_steps(&out, 2, &mut child);
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
@@ -319,20 +315,10 @@ fn sigint_writes_a_final_checkpoint_and_the_printed_resume_finishes() {
 #[cfg(unix)]
 #[test]
 fn sigterm_also_checkpoints_and_exits_143() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("sigterm") else {
         return;
     };
-    let dir = scratch("sigterm");
-    let data = corpus(&dir);
-    let out = dir.join("run");
-    let mut child = balora()
-        .args(job(&gguf, &data, 30))
-        .arg("--out")
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&job(&gguf, &data, 30), &out);
     wait_for_steps(&out, 1, &mut child);
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
@@ -348,12 +334,9 @@ fn sigterm_also_checkpoints_and_exits_143() {
 
 #[test]
 fn a_run_that_failed_before_its_first_step_does_not_block_the_folder() {
-    let Some(gguf) = balora_assets::for_test("smollm2") else {
+    let Some((gguf, dir, data, out)) = setup("failedstart") else {
         return;
     };
-    let dir = scratch("failedstart");
-    let data = corpus(&dir);
-    let out = dir.join("run");
     // The text corpus read as JSONL fails to load, after the folder was opened.
     let bad = run(
         &job(&gguf, &data, 1),

@@ -106,15 +106,19 @@ fn stop_flag_checkpoints_the_last_step_and_resume_matches_the_full_run() {
     assert_eq!(full.interrupted, None);
     // The flag is already set: the run stops before step 1 with a checkpoint of step 0…
     static STOP: AtomicBool = AtomicBool::new(true);
-    let stopped = go(
-        &cfg(8),
-        b.path(),
-        RunOptions {
-            stop: Some(&STOP),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    // A run in `b` that watches the flag.
+    let watching = |c: &TrainerSection| {
+        go(
+            c,
+            b.path(),
+            RunOptions {
+                stop: Some(&STOP),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let stopped = watching(&cfg(8));
     assert_eq!(stopped.interrupted, Some(0));
     let root = b.path().join("checkpoints");
     assert_eq!(
@@ -137,26 +141,10 @@ fn stop_flag_checkpoints_the_last_step_and_resume_matches_the_full_run() {
         },
     )
     .unwrap();
-    let again = go(
-        &c,
-        b.path(),
-        RunOptions {
-            stop: Some(&STOP),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let again = watching(&c);
     assert_eq!((again.resumed_from, again.interrupted), (3, Some(3)));
     STOP.store(false, Ordering::SeqCst);
-    let rest = go(
-        &c,
-        b.path(),
-        RunOptions {
-            stop: Some(&STOP),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rest = watching(&c);
     assert_eq!(rest.resumed_from, 3);
     let mut joined = losses(&first);
     joined.extend(losses(&rest));

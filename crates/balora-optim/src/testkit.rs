@@ -19,8 +19,8 @@
 //! * the re-factored pair and its transform from the *real* manifold through the real hook
 //!   ([`refactor`], i.e. `balora_adapter::apply_manifold` with the balanced manifold);
 //! * a way to make an optimizer hold `m = ∇f` and `v = ∇f²` at the old point ([`fill_moments`]:
-//!   one step with `lr = 0`; configure β₁ = β₂ = 0), and to read its exported state back
-//!   ([`buffer`]).
+//!   one step with `lr = 0`; configure β₁ = β₂ = 0, e.g. [`zero_beta_adamw`]), and to read its
+//!   exported state back ([`buffer`], [`buffer_errors`]).
 //!
 //! **Why the reference is independent.** The expected buffers are the autodiff gradients of `f`
 //! evaluated at the pair the manifold returned — computed from the loss, not from the transport
@@ -29,8 +29,9 @@
 //! untransported state is wrong, so the comparison can fail).
 //!
 //! ```
-//! use balora_optim::rules::AdamWParams;
-//! use balora_optim::testkit::{buffer, fill_moments, rand_mat, refactor, rel_err, Problem, F64};
+//! use balora_optim::testkit::{
+//!     buffer_errors, fill_moments, rand_mat, refactor, zero_beta_adamw, Problem, F64,
+//! };
 //! use balora_optim::{AdamW, AdapterOptimizer, TransportMode};
 //!
 //! let (n_out, n_in, r) = (6, 5, 3);
@@ -38,19 +39,28 @@
 //! let (a, b) = (rand_mat(r, n_in, 2) * 1.5, rand_mat(n_out, r, 3) * 0.4);
 //! let (ga, gb) = prob.grads(&a, &b);
 //! let (a1, b1, t, key) = refactor(&a, &b, "closest");
-//! let (ga1, _) = prob.grads(&a1, &b1);
-//! let hp = AdamWParams { beta1: 0.0, beta2: 0.0, ..AdamWParams::default() };
+//! let (ga1, gb1) = prob.grads(&a1, &b1);
 //! let mut opt = fill_moments(
-//!     AdamW::<F64>::new(hp, TransportMode::First),
+//!     AdamW::<F64>::new(zero_beta_adamw(), TransportMode::First),
 //!     &key,
 //!     (&a, &b),
 //!     (&ga, &gb),
 //! );
 //! opt.on_refactor(&key, &t);
-//! let m_a = buffer(&opt, &key, "lora_a", "m", (r, n_in));
-//! assert!(rel_err(&m_a, &ga1) < 1e-10);
+//! let (err_a, err_b) = buffer_errors(&opt, &key, "m", (&ga1, &gb1));
+//! assert!(err_a < 1e-10 && err_b < 1e-10, "{err_a:e} {err_b:e}");
+//! // Without transport, m is stale: the comparison can fail.
+//! let mut off = fill_moments(
+//!     AdamW::<F64>::new(zero_beta_adamw(), TransportMode::Off),
+//!     &key,
+//!     (&a, &b),
+//!     (&ga, &gb),
+//! );
+//! off.on_refactor(&key, &t);
+//! assert!(buffer_errors(&off, &key, "m", (&ga1, &gb1)).0 > 1e-2);
 //! ```
 
+use crate::rules::AdamWParams;
 use crate::{AdapterOptimizer, PairStep};
 use balora_adapter::{apply_manifold, LoraAdapter};
 use balora_manifold::{build_manifold, DMatrix, GaugeTransform, OptionValue, Options};
@@ -194,6 +204,16 @@ pub fn pair_step<B: Backend>(
     }
 }
 
+/// AdamW hyper-parameters with β₁ = β₂ = 0 (the rest default): after one step, `m = ∇` and
+/// `v = ∇²` element-wise, which is what [`fill_moments`] needs.
+pub fn zero_beta_adamw() -> AdamWParams {
+    AdamWParams {
+        beta1: 0.0,
+        beta2: 0.0,
+        ..AdamWParams::default()
+    }
+}
+
 /// `opt` after one step with `lr = 0` on adapter `key` at `(A, B)` with gradients `(∇A, ∇B)`:
 /// with β₁ = β₂ = 0 (or SGD momentum on its first step) its buffers hold the gradients.
 pub fn fill_moments<O: AdapterOptimizer<F64>>(
@@ -223,4 +243,17 @@ pub fn buffer(
         .unwrap_or_else(|| panic!("no state entry `{want}`"))
         .1;
     DMatrix::from_row_slice(shape.0, shape.1, &data.iter::<f64>().collect::<Vec<_>>())
+}
+
+/// [`rel_err`] of the exported buffers `name` of both factors of adapter `key` against
+/// `(want_a, want_b)` (whose shapes the buffers are read with): `(error of A's, error of B's)`.
+pub fn buffer_errors(
+    opt: &dyn AdapterOptimizer<F64>,
+    key: &str,
+    name: &str,
+    (want_a, want_b): (&DMatrix<f64>, &DMatrix<f64>),
+) -> (f64, f64) {
+    let got =
+        |which, want: &DMatrix<f64>| rel_err(&buffer(opt, key, which, name, want.shape()), want);
+    (got("lora_a", want_a), got("lora_b", want_b))
 }

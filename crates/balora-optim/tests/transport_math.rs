@@ -22,15 +22,11 @@ use balora_optim::{signed_permutation, AdamW, AdapterOptimizer, TransportMode};
 fn adamw_holding(
     mode: TransportMode,
     key: &str,
-    (a, b): (&DMatrix<f64>, &DMatrix<f64>),
-    (ga, gb): (&DMatrix<f64>, &DMatrix<f64>),
+    pair: (&DMatrix<f64>, &DMatrix<f64>),
+    grads: (&DMatrix<f64>, &DMatrix<f64>),
 ) -> AdamW<F> {
-    fill_moments(
-        AdamW::<F>::new(zero_beta_adamw(), mode),
-        key,
-        (a, b),
-        (ga, gb),
-    )
+    let opt = AdamW::<F>::new(zero_beta_adamw(), mode);
+    fill_moments(opt, key, pair, grads)
 }
 
 /// A canonical balanced pair with its gauge scrambled by a signed permutation: re-factoring it

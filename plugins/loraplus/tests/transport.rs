@@ -16,15 +16,11 @@ use balora_plugin_loraplus::LoraPlus;
 fn holding(
     mode: TransportMode,
     key: &str,
-    (a, b): (&DMatrix<f64>, &DMatrix<f64>),
-    (ga, gb): (&DMatrix<f64>, &DMatrix<f64>),
+    pair: (&DMatrix<f64>, &DMatrix<f64>),
+    grads: (&DMatrix<f64>, &DMatrix<f64>),
 ) -> LoraPlus<F> {
-    fill_moments(
-        LoraPlus::<F>::new(zero_beta_adamw(), 16.0, mode),
-        key,
-        (a, b),
-        (ga, gb),
-    )
+    let opt = LoraPlus::<F>::new(zero_beta_adamw(), 16.0, mode);
+    fill_moments(opt, key, pair, grads)
 }
 
 #[test]

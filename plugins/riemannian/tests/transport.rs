@@ -33,15 +33,11 @@ fn holding(
     base: BaseRule,
     mode: TransportMode,
     key: &str,
-    (a, b): (&DMatrix<f64>, &DMatrix<f64>),
-    (ga, gb): (&DMatrix<f64>, &DMatrix<f64>),
+    pair: (&DMatrix<f64>, &DMatrix<f64>),
+    grads: (&DMatrix<f64>, &DMatrix<f64>),
 ) -> Riemannian<F> {
-    fill_moments(
-        Riemannian::<F>::new(base, 1e-12, mode),
-        key,
-        (a, b),
-        (ga, gb),
-    )
+    let opt = Riemannian::<F>::new(base, 1e-12, mode);
+    fill_moments(opt, key, pair, grads)
 }
 
 #[test]

@@ -171,14 +171,19 @@ fn generate_refuses_empty_too_long_out_of_vocab_prompts_and_bad_temperatures() {
 
 #[test]
 fn generate_stops_with_an_error_on_non_finite_logits() {
-    // A NaN adapter attached without the file checks (as a library user could) poisons every
-    // logit; generation must say so instead of printing nothing.
+    // Reading the adapter folder refuses the NaN pair; a NaN adapter attached without the file
+    // checks (as a library user could, from the raw readers) poisons every logit, and
+    // generation must say so instead of printing nothing.
     let (_t, dir) = adapter_dir("nan.safetensors", &adapter::config_json(4, &["q_proj"]));
-    let (spec, w) = balora_models::peft::read_adapter(&dir).unwrap();
-    let e = balora_models::validate::check_adapter_pairs(&w)
+    let e = balora_models::peft::read_adapter(&dir)
         .unwrap_err()
         .to_string();
     assert_has(&e, &["NaN", "lora_A"]);
+    let cfg = dir.join(balora_models::peft::ADAPTER_CONFIG);
+    let spec =
+        balora_models::peft::parse_config(&std::fs::read_to_string(&cfg).unwrap(), "cfg").unwrap();
+    let w = balora_models::st::read_safetensors(&dir.join(balora_models::peft::ADAPTER_WEIGHTS))
+        .unwrap();
     let m =
         balora_models::peft::apply_adapter_tensors(tiny_model(), &spec, &w, &Default::default())
             .unwrap();

@@ -587,6 +587,8 @@ impl Xtask {
                     &format!("lr_count={l}"),
                     "--set",
                     &format!("steps={steps}"),
+                    "--set",
+                    "seeds=1",
                     "--out",
                 ]);
                 cmd.arg(&out);
@@ -755,6 +757,8 @@ impl Xtask {
                 "lr_count=1",
                 "--set",
                 "steps=3",
+                "--set",
+                "seeds=1",
                 "--out",
             ]);
             c.arg(self.target.join(out));

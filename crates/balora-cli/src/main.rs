@@ -17,7 +17,7 @@ mod train;
 
 use anyhow::{Context, Result};
 use backend::BackendKind;
-use balora_train::synthetic::{run_experiment, SyntheticConfig};
+use balora_train::synthetic::{run_seeds, SyntheticConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -180,8 +180,10 @@ fn synthetic(
             anyhow::anyhow!("invalid configuration: `backend = \"{name}\"`; allowed: flex, ndarray, wgpu, cuda, tch")
         })?,
     };
-    let total = cfg.methods.len() * cfg.optimizers.len() * cfg.trajectories * cfg.lr_count;
-    tracing::info!(backend = %backend, runs = total, "synthetic experiment: {}×{} layer, rank {}, {} steps", cfg.dim, cfg.dim, cfg.rank, cfg.steps);
+    let seeds = cfg.seed_list();
+    let total =
+        cfg.methods.len() * cfg.optimizers.len() * cfg.trajectories * cfg.lr_count * seeds.len();
+    tracing::info!(backend = %backend, runs = total, "synthetic experiment: {}×{} layer, rank {}, {} steps, {:?} protocol, seeds {:?}", cfg.dim, cfg.dim, cfg.rank, cfg.steps, cfg.protocol, seeds);
     let start = Instant::now();
     let progress = |done: usize, total: usize| {
         if done.is_multiple_of((total / 10).max(1)) {
@@ -191,13 +193,17 @@ fn synthetic(
             );
         }
     };
-    let cells = backend::dispatch!(backend, |B, device| run_experiment::<B>(
+    let results = backend::dispatch!(backend, |B, device| run_seeds::<B>(
         &cfg, &device, &progress
     ))?
     .context("synthetic experiment")?;
     let secs = start.elapsed().as_secs_f64();
-    println!("{}", balora_train::report::table(&cells, cfg.steps));
-    let paths = balora_train::report::write_outputs(&cells, &cfg, &backend.to_string(), secs, out)
+    for r in &results {
+        println!("seed {}", r.seed);
+        println!("{}", balora_train::report::table(&r.cells, cfg.steps));
+    }
+    println!("{}", balora_train::report::seeds_table(&results, cfg.steps));
+    let paths = balora_train::report::write_outputs(&results, &cfg, &backend.to_string(), secs, out)
         .with_context(|| format!("writing results to {}", out.display()))?;
     println!("finished in {secs:.1}s on {backend}");
     for p in paths {

@@ -1,7 +1,12 @@
 //! The paper's synthetic experiment (its Fig. 3), on any burn backend.
 //!
 //! One `d×d` layer with frozen `W0 ~ N(0,1)`, target `T ~ N(0,1)`, loss `½‖W0 + B·A − T‖²_F`,
-//! rank r, `B = 0`, `A ~ N(0,1)`, scale 1. Per trajectory the learning rate is the one of
+//! rank r, `B = 0`, `A ~ N(0,1)`, scale 1. With the paper's protocol ([`Protocol::Paper`], as in
+//! the official `synthetic/synthetic_loss.py`) `W0` and `T` are drawn once per seed and the
+//! trajectories differ only in `A0`; [`Protocol::Resample`] draws a new `(W0, T, A0)` for every
+//! trajectory. Every method and optimizer of a trajectory starts from the same `A0` (the official
+//! code draws a fresh init for each method; pairing them removes that noise from the comparison).
+//! Per trajectory the learning rate is the one of
 //! `linspace(lr_min, lr_max, lr_count)` with the lowest final loss (runs whose loss exceeds
 //! `discard_above` or becomes non-finite are discarded). Reported: `loss − ½Σ_{i>r} σᵢ(T − W0)²`
 //! (the optimal rank-r loss, computed in f64 on the host), median and quartiles over trajectories.
@@ -48,6 +53,18 @@ pub struct OptimizerSpec {
     pub options: Options,
 }
 
+/// How the trajectories of one seed are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The official code's protocol: `W0` and `T` drawn once per seed, trajectories differ only in
+    /// the LoRA initialisation `A0`; the median is over inits for one problem.
+    #[default]
+    Paper,
+    /// Every trajectory draws its own `(W0, T, A0)`: the median mixes problem-to-problem variance.
+    Resample,
+}
+
 /// Configuration of the synthetic experiment (`configs/synthetic.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,8 +77,10 @@ pub struct SyntheticConfig {
     pub rank: usize,
     /// Optimizer steps per run.
     pub steps: usize,
-    /// Independent problems (W0, T, A0).
+    /// Trajectories per seed (LoRA inits with [`Protocol::Paper`], whole problems with `Resample`).
     pub trajectories: usize,
+    /// How trajectories are drawn.
+    pub protocol: Protocol,
     /// Smallest learning rate of the grid.
     pub lr_min: f64,
     /// Largest learning rate of the grid.
@@ -70,8 +89,11 @@ pub struct SyntheticConfig {
     pub lr_count: usize,
     /// Runs whose loss exceeds this are discarded.
     pub discard_above: f64,
-    /// Seed of the problems.
+    /// First seed.
     pub seed: u64,
+    /// Number of seeds (`seed`, `seed + 1`, …): one problem each under [`Protocol::Paper`]; the
+    /// report gives every seed's median and the median and range of those medians.
+    pub seeds: usize,
     /// Worker threads (0 = all cores).
     pub workers: usize,
     /// Methods (manifolds).
@@ -89,11 +111,13 @@ impl Default for SyntheticConfig {
             rank: 4,
             steps: 100,
             trajectories: 8,
+            protocol: Protocol::Paper,
             lr_min: 1e-5,
             lr_max: 0.3,
             lr_count: 50,
             discard_above: 1e5,
             seed: 0,
+            seeds: 4,
             workers: 0,
             methods: vec![
                 MethodSpec {
@@ -139,6 +163,23 @@ impl SyntheticConfig {
             .map(|i| self.lr_min + (self.lr_max - self.lr_min) * i as f64 / (n - 1) as f64)
             .collect()
     }
+
+    /// The seeds of the experiment: `seed, seed + 1, …` (`seeds` of them, at least one).
+    pub fn seed_list(&self) -> Vec<u64> {
+        (0..self.seeds.max(1) as u64)
+            .map(|i| self.seed.wrapping_add(i))
+            .collect()
+    }
+
+    /// The problems of seed `seed` under this configuration's protocol.
+    pub fn problems(&self, seed: u64) -> Vec<Problem> {
+        (0..self.trajectories)
+            .map(|i| match self.protocol {
+                Protocol::Paper => Problem::paper(self.dim, self.rank, seed, i),
+                Protocol::Resample => Problem::sample(self.dim, self.rank, seed, i),
+            })
+            .collect()
+    }
 }
 
 /// One sampled problem, in f64 on the host.
@@ -154,16 +195,36 @@ pub struct Problem {
     pub optimal_loss: f64,
 }
 
+fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
+    DMatrix::from_fn(rows, cols, |_, _| StandardNormal.sample(rng))
+}
+
 impl Problem {
-    /// Samples trajectory `index` of the experiment with seed `seed`.
+    /// Trajectory `index` of seed `seed` with [`Protocol::Resample`]: its own `W0`, `T` and `A0`.
     pub fn sample(dim: usize, rank: usize, seed: u64, index: usize) -> Self {
         let mut rng =
             StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
-        let mut gauss =
-            |r: usize, c: usize| DMatrix::from_fn(r, c, |_, _| StandardNormal.sample(&mut rng));
-        let w0 = gauss(dim, dim);
-        let target = gauss(dim, dim);
-        let a0 = gauss(rank, dim);
+        let w0 = gaussian(&mut rng, dim, dim);
+        let target = gaussian(&mut rng, dim, dim);
+        let a0 = gaussian(&mut rng, rank, dim);
+        Self::new(w0, target, a0)
+    }
+
+    /// Trajectory `index` of seed `seed` with [`Protocol::Paper`]: `W0` and `T` depend on the
+    /// seed alone (one stream), `A0` on the seed and the trajectory (another stream).
+    pub fn paper(dim: usize, rank: usize, seed: u64, index: usize) -> Self {
+        let stream = |tag: u64| StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tag);
+        let mut shared = stream(0x5EED_0000_0000_0000);
+        let w0 = gaussian(&mut shared, dim, dim);
+        let target = gaussian(&mut shared, dim, dim);
+        let mut init = stream(0x1417_0000_0000_0000 ^ index as u64);
+        let a0 = gaussian(&mut init, rank, dim);
+        Self::new(w0, target, a0)
+    }
+
+    /// A problem from its matrices; computes the optimal rank-r loss (`r` = rows of `a0`).
+    pub fn new(w0: DMatrix<f64>, target: DMatrix<f64>, a0: DMatrix<f64>) -> Self {
+        let rank = a0.nrows();
         let sv = (&target - &w0).singular_values();
         let mut sv: Vec<f64> = sv.iter().copied().collect();
         sv.sort_by(|a, b| b.total_cmp(a));
@@ -276,7 +337,48 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// Runs the whole grid. `progress(done, total)` is called after each run.
+/// The results of one seed: its problems and its cells.
+#[derive(Debug, Clone)]
+pub struct SeedResult {
+    /// The seed.
+    pub seed: u64,
+    /// Its trajectories' problems, in trajectory order.
+    pub problems: Vec<Problem>,
+    /// One cell per (method, optimizer).
+    pub cells: Vec<CellResult>,
+}
+
+/// Runs the grid for every seed of [`SyntheticConfig::seed_list`]; `progress(done, total)` counts
+/// runs over all seeds.
+pub fn run_seeds<B: AutodiffBackend>(
+    cfg: &SyntheticConfig,
+    device: &B::Device,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<SeedResult>, TrainError>
+where
+    B::InnerBackend: RegistryBackend,
+{
+    let seeds = cfg.seed_list();
+    let per_seed = cfg.methods.len() * cfg.optimizers.len() * cfg.trajectories * cfg.lr_count;
+    let mut out = Vec::new();
+    for (i, &seed) in seeds.iter().enumerate() {
+        let one = SyntheticConfig {
+            seed,
+            ..cfg.clone()
+        };
+        let offset = i * per_seed;
+        let total = per_seed * seeds.len();
+        let cells = run_experiment::<B>(&one, device, &|done, _| progress(offset + done, total))?;
+        out.push(SeedResult {
+            seed,
+            problems: one.problems(seed),
+            cells,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the whole grid for `cfg.seed`. `progress(done, total)` is called after each run.
 pub fn run_experiment<B: AutodiffBackend>(
     cfg: &SyntheticConfig,
     device: &B::Device,
@@ -285,9 +387,7 @@ pub fn run_experiment<B: AutodiffBackend>(
 where
     B::InnerBackend: RegistryBackend,
 {
-    let problems: Vec<Problem> = (0..cfg.trajectories)
-        .map(|i| Problem::sample(cfg.dim, cfg.rank, cfg.seed, i))
-        .collect();
+    let problems = cfg.problems(cfg.seed);
     // The runs build their steppers quietly; warn once per cell here.
     for m in &cfg.methods {
         for o in &cfg.optimizers {

@@ -203,8 +203,9 @@ fn synthetic(
         println!("{}", balora_train::report::table(&r.cells, cfg.steps));
     }
     println!("{}", balora_train::report::seeds_table(&results, cfg.steps));
-    let paths = balora_train::report::write_outputs(&results, &cfg, &backend.to_string(), secs, out)
-        .with_context(|| format!("writing results to {}", out.display()))?;
+    let paths =
+        balora_train::report::write_outputs(&results, &cfg, &backend.to_string(), secs, out)
+            .with_context(|| format!("writing results to {}", out.display()))?;
     println!("finished in {secs:.1}s on {backend}");
     for p in paths {
         println!("wrote {}", p.display());

@@ -123,6 +123,10 @@ fn synthetic_small_run_writes_outputs() {
             "lr_count=3",
             "--set",
             "steps=10",
+            "--set",
+            "seeds=2",
+            "--set",
+            "optimizers=[{label = \"sign\", name = \"sign\"}, {label = \"adamw\", name = \"adamw\"}]",
             "--out",
         ])
         .arg(&dir)
@@ -135,11 +139,47 @@ fn synthetic_small_run_writes_outputs() {
     );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["cells"].as_array().unwrap().len(), 6);
+    let per_seed = summary["per_seed"].as_array().unwrap();
+    assert_eq!(per_seed.len(), 2);
+    assert_eq!(
+        (per_seed[0]["seed"].as_u64(), per_seed[1]["seed"].as_u64()),
+        (Some(0), Some(1))
+    );
+    for s in per_seed {
+        assert_eq!(s["cells"].as_array().unwrap().len(), 6);
+    }
+    let across = summary["across_seeds"].as_array().unwrap();
+    assert_eq!(across.len(), 6);
+    for a in across {
+        let meds: Vec<f64> = a["per_seed_median_gap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(meds.len(), 2);
+        // With two seeds the median of the per-seed medians is their mean.
+        assert!(
+            (a["median"].as_f64().unwrap() - 0.5 * (meds[0] + meds[1])).abs()
+                <= 1e-12 * meds[0].abs().max(1.0)
+        );
+    }
+    assert_eq!(
+        across[0]["ratio_median"].as_f64(),
+        Some(1.0),
+        "LoRA's ratio to itself"
+    );
     assert!(std::fs::read_to_string(dir.join("gap.svg"))
         .unwrap()
         .contains("<svg"));
     let csv = std::fs::read_to_string(dir.join("curves.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 6 * 11);
+    assert_eq!(csv.lines().count(), 1 + 2 * 6 * 11);
+    let problems: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("problems.json")).unwrap()).unwrap();
+    assert_eq!(problems.as_array().unwrap().len(), 2);
+    assert_ne!(
+        problems[0]["trajectories"][0]["w0"], problems[1]["trajectories"][0]["w0"],
+        "one problem per seed"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -119,11 +119,19 @@ pub fn across_seeds(results: &[SeedResult], step: usize) -> Vec<AcrossSeeds> {
 pub fn seeds_table(results: &[SeedResult], steps: usize) -> String {
     let mut out = String::new();
     let seeds: Vec<String> = results.iter().map(|r| format!("seed {}", r.seed)).collect();
-    let _ = write!(out, "gap@{steps} (median over trajectories; ×first method)\n{:<18} {:<8}", "method", "optim");
+    let _ = write!(
+        out,
+        "gap@{steps} (median over trajectories; ×first method)\n{:<18} {:<8}",
+        "method", "optim"
+    );
     for s in &seeds {
         let _ = write!(out, " {s:>18}");
     }
-    let _ = writeln!(out, " {:>28} {:>22}", "median [min, max] of seeds", "ratio med [min, max]");
+    let _ = writeln!(
+        out,
+        " {:>28} {:>22}",
+        "median [min, max] of seeds", "ratio med [min, max]"
+    );
     for a in across_seeds(results, steps) {
         let _ = write!(out, "{:<18} {:<8}", a.method, a.optimizer);
         for (m, r) in a.medians.iter().zip(&a.ratios) {

@@ -213,7 +213,8 @@ impl Problem {
     /// Trajectory `index` of seed `seed` with [`Protocol::Paper`]: `W0` and `T` depend on the
     /// seed alone (one stream), `A0` on the seed and the trajectory (another stream).
     pub fn paper(dim: usize, rank: usize, seed: u64, index: usize) -> Self {
-        let stream = |tag: u64| StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tag);
+        let stream =
+            |tag: u64| StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tag);
         let mut shared = stream(0x5EED_0000_0000_0000);
         let w0 = gaussian(&mut shared, dim, dim);
         let target = gaussian(&mut shared, dim, dim);

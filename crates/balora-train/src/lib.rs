@@ -16,6 +16,7 @@ mod runstate;
 mod schedule;
 mod stepper;
 pub mod synthetic;
+mod synthetic_problem;
 pub mod tiny;
 mod trainer;
 

@@ -23,9 +23,9 @@ use burn::nn::Linear;
 use burn::optim::GradientsParams;
 use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor, TensorData};
 use nalgebra::DMatrix;
-use rand::{rngs::StdRng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+pub use crate::synthetic_problem::{Problem, Protocol};
 
 /// One method of the comparison: a label and a manifold with options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,18 +51,6 @@ pub struct OptimizerSpec {
     /// Optimizer options.
     #[serde(default)]
     pub options: Options,
-}
-
-/// How the trajectories of one seed are drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// The official code's protocol: `W0` and `T` drawn once per seed, trajectories differ only in
-    /// the LoRA initialisation `A0`; the median is over inits for one problem.
-    #[default]
-    Paper,
-    /// Every trajectory draws its own `(W0, T, A0)`: the median mixes problem-to-problem variance.
-    Resample,
 }
 
 /// Configuration of the synthetic experiment (`configs/synthetic.toml`).
@@ -179,63 +167,6 @@ impl SyntheticConfig {
                 Protocol::Resample => Problem::sample(self.dim, self.rank, seed, i),
             })
             .collect()
-    }
-}
-
-/// One sampled problem, in f64 on the host.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    /// Frozen weight `W0` (d×d).
-    pub w0: DMatrix<f64>,
-    /// Target `T` (d×d).
-    pub target: DMatrix<f64>,
-    /// Initial A (r×d); B starts at zero.
-    pub a0: DMatrix<f64>,
-    /// Optimal rank-r loss `½Σ_{i>r} σᵢ(T − W0)²`.
-    pub optimal_loss: f64,
-}
-
-fn gaussian(rng: &mut StdRng, rows: usize, cols: usize) -> DMatrix<f64> {
-    DMatrix::from_fn(rows, cols, |_, _| StandardNormal.sample(rng))
-}
-
-impl Problem {
-    /// Trajectory `index` of seed `seed` with [`Protocol::Resample`]: its own `W0`, `T` and `A0`.
-    pub fn sample(dim: usize, rank: usize, seed: u64, index: usize) -> Self {
-        let mut rng =
-            StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
-        let w0 = gaussian(&mut rng, dim, dim);
-        let target = gaussian(&mut rng, dim, dim);
-        let a0 = gaussian(&mut rng, rank, dim);
-        Self::new(w0, target, a0)
-    }
-
-    /// Trajectory `index` of seed `seed` with [`Protocol::Paper`]: `W0` and `T` depend on the
-    /// seed alone (one stream), `A0` on the seed and the trajectory (another stream).
-    pub fn paper(dim: usize, rank: usize, seed: u64, index: usize) -> Self {
-        let stream =
-            |tag: u64| StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tag);
-        let mut shared = stream(0x5EED_0000_0000_0000);
-        let w0 = gaussian(&mut shared, dim, dim);
-        let target = gaussian(&mut shared, dim, dim);
-        let mut init = stream(0x1417_0000_0000_0000 ^ index as u64);
-        let a0 = gaussian(&mut init, rank, dim);
-        Self::new(w0, target, a0)
-    }
-
-    /// A problem from its matrices; computes the optimal rank-r loss (`r` = rows of `a0`).
-    pub fn new(w0: DMatrix<f64>, target: DMatrix<f64>, a0: DMatrix<f64>) -> Self {
-        let rank = a0.nrows();
-        let sv = (&target - &w0).singular_values();
-        let mut sv: Vec<f64> = sv.iter().copied().collect();
-        sv.sort_by(|a, b| b.total_cmp(a));
-        let optimal_loss = 0.5 * sv.iter().skip(rank).map(|s| s * s).sum::<f64>();
-        Self {
-            w0,
-            target,
-            a0,
-            optimal_loss,
-        }
     }
 }
 
@@ -361,6 +292,7 @@ where
 {
     let seeds = cfg.seed_list();
     let per_seed = cfg.methods.len() * cfg.optimizers.len() * cfg.trajectories * cfg.lr_count;
+    warn_cells::<B>(cfg)?;
     let mut out = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
         let one = SyntheticConfig {
@@ -369,7 +301,7 @@ where
         };
         let offset = i * per_seed;
         let total = per_seed * seeds.len();
-        let cells = run_experiment::<B>(&one, device, &|done, _| progress(offset + done, total))?;
+        let cells = run_grid::<B>(&one, device, &|done, _| progress(offset + done, total))?;
         out.push(SeedResult {
             seed,
             problems: one.problems(seed),
@@ -388,8 +320,15 @@ pub fn run_experiment<B: AutodiffBackend>(
 where
     B::InnerBackend: RegistryBackend,
 {
-    let problems = cfg.problems(cfg.seed);
-    // The runs build their steppers quietly; warn once per cell here.
+    warn_cells::<B>(cfg)?;
+    run_grid::<B>(cfg, device, progress)
+}
+
+/// The runs build their steppers quietly; this warns once per cell.
+fn warn_cells<B: AutodiffBackend>(cfg: &SyntheticConfig) -> Result<(), TrainError>
+where
+    B::InnerBackend: RegistryBackend,
+{
     for m in &cfg.methods {
         for o in &cfg.optimizers {
             let stepper =
@@ -399,6 +338,18 @@ where
             }
         }
     }
+    Ok(())
+}
+
+fn run_grid<B: AutodiffBackend>(
+    cfg: &SyntheticConfig,
+    device: &B::Device,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<CellResult>, TrainError>
+where
+    B::InnerBackend: RegistryBackend,
+{
+    let problems = cfg.problems(cfg.seed);
     let grid = cfg.lr_grid();
     let mut jobs = Vec::new();
     for (mi, _) in cfg.methods.iter().enumerate() {

@@ -2,7 +2,8 @@
 //! Hugging Face `config.json`.
 //!
 //! * [`GgufFile`]: GGUF v2/v3 (llama.cpp) with metadata accessors and f32 dequantisation of
-//!   F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors ([`quant`]).
+//!   F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and K-quant (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+//!   Q8_K) tensors ([`quant`]).
 //! * [`SafetensorsFiles`]: one or several `*.safetensors` files (F32/F16/BF16/F64 → f32).
 //! * Both implement [`TensorSource`], which yields [`RawTensor`]s: row-major f32 data in
 //!   PyTorch/HF order (a linear weight is `[out, in]`).

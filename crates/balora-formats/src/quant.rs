@@ -9,8 +9,14 @@
 //! | `Q4_1` | 20 | `d: f16`, `m: f16`, `qs: [u8; 16]` | `nib(i)·d + m` |
 //!
 //! where `nib(i) = qs[i] & 0xF` for `i < 16` and `qs[i − 16] >> 4` for `i ≥ 16`.
+//!
+//! `Q5_0`, `Q5_1` and the K-quants `Q2_K`, `Q3_K`, `Q4_K`, `Q5_K`, `Q6_K`, `Q8_K` (256-element
+//! super-blocks) are documented, block by block, in the `kquant` module's functions.
 
 use half::{bf16, f16};
+
+mod kquant;
+use kquant::each_block;
 
 /// A ggml element type (the `type` field of a GGUF tensor), with its block geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,7 +47,8 @@ pub enum GgmlType {
 }
 
 /// The types [`dequantize`] converts.
-pub const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1";
+pub const SUPPORTED: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
 impl GgmlType {
     /// The type for a ggml type id; `None` for ids beyond ggml's table (garbage).
@@ -106,6 +113,27 @@ impl GgmlType {
         (n / per).checked_mul(bytes)
     }
 
+    /// Whether [`dequantize`] converts this type to f32 (the types of [`SUPPORTED`]).
+    pub fn converts_to_f32(self) -> bool {
+        matches!(
+            self,
+            Self::F32
+                | Self::F16
+                | Self::BF16
+                | Self::Q8_0
+                | Self::Q4_0
+                | Self::Q4_1
+                | Self::Q5_0
+                | Self::Q5_1
+                | Self::Q2_K
+                | Self::Q3_K
+                | Self::Q4_K
+                | Self::Q5_K
+                | Self::Q6_K
+                | Self::Q8_K
+        )
+    }
+
     /// ggml's name of the type (`"Q4_1"`, `"type 23"` for unknown ones).
     pub fn name(self) -> String {
         match self {
@@ -119,9 +147,19 @@ impl GgmlType {
 /// `ty.bytes_for(n)` long. Returns `Err(reason)` for types outside [`SUPPORTED`] or a size that
 /// does not fit.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
-    let need = ty
-        .bytes_for(n)
-        .ok_or_else(|| format!("{n} elements are not whole blocks of {}", ty.name()))?;
+    if !ty.converts_to_f32() {
+        return Err(unsupported(ty));
+    }
+    let need = ty.bytes_for(n).ok_or_else(|| match ty.block() {
+        Some((per, _)) if n.is_multiple_of(per) => {
+            format!("{n} elements of {} overflow the byte size", ty.name())
+        }
+        Some((per, _)) => format!(
+            "{n} elements are not whole blocks of {} ({per} elements a block)",
+            ty.name()
+        ),
+        None => unsupported(ty),
+    })?;
     if bytes.len() != need {
         return Err(format!(
             "{} bytes for {n} elements of {}, expected {need}",
@@ -165,14 +203,24 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
                 out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
             }
         }
-        other => {
-            return Err(format!(
-                "element type {} cannot be converted to f32 (supported: {SUPPORTED})",
-                other.name()
-            ))
-        }
+        GgmlType::Q5_0 => each_block(bytes, &mut out, kquant::q5_0),
+        GgmlType::Q5_1 => each_block(bytes, &mut out, kquant::q5_1),
+        GgmlType::Q2_K => each_block(bytes, &mut out, kquant::q2_k),
+        GgmlType::Q3_K => each_block(bytes, &mut out, kquant::q3_k),
+        GgmlType::Q4_K => each_block(bytes, &mut out, kquant::q4_k),
+        GgmlType::Q5_K => each_block(bytes, &mut out, kquant::q5_k),
+        GgmlType::Q6_K => each_block(bytes, &mut out, kquant::q6_k),
+        GgmlType::Q8_K => each_block(bytes, &mut out, kquant::q8_k),
+        other => return Err(unsupported(other)),
     }
     Ok(out)
+}
+
+fn unsupported(ty: GgmlType) -> String {
+    format!(
+        "element type {} cannot be converted to f32 (supported: {SUPPORTED})",
+        ty.name()
+    )
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {

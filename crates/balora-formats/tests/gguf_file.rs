@@ -141,8 +141,8 @@ fn model(version: u32) -> Writer {
     q41.extend(0xC800u16.to_le_bytes()); // -8.0
     q41.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
     w.tensor("q41", &[32], 3, q41);
-    // Q6_K (id 14): known geometry, not convertible.
-    w.tensor("q6k", &[256], 14, vec![0; 210]);
+    // Q8_1 (id 9): known geometry, not convertible (ggml's dot-product intermediate).
+    w.tensor("q81", &[32], 9, vec![0; 36]);
     w
 }
 
@@ -204,7 +204,7 @@ fn parses_metadata_tensors_and_data_end_to_end() {
                 "blk.0.attn_norm.weight",
                 "f16",
                 "q41",
-                "q6k"
+                "q81"
             ]
         );
         let info = &f.tensor_infos()[0];
@@ -236,9 +236,9 @@ fn parses_metadata_tensors_and_data_end_to_end() {
             .collect();
         assert_eq!(q41.data, want);
 
-        let e = f.load("q6k").unwrap_err().to_string();
+        let e = f.load("q81").unwrap_err().to_string();
         assert!(
-            e.contains("`q6k`") && e.contains("Q6_K") && e.contains("Q4_1"),
+            e.contains("`q81`") && e.contains("Q8_1") && e.contains("Q6_K"),
             "{e}"
         );
         let e = f.load("blk.0.attn_k.weight").unwrap_err().to_string();
@@ -299,7 +299,7 @@ fn malformed_files_give_errors_naming_the_file() {
     std::fs::write(&cut_path, &good[..good.len() - 1]).unwrap();
     let e = GgufFile::open(&cut_path).unwrap_err().to_string();
     assert!(
-        e.contains("data of tensor `q6k`")
+        e.contains("data of tensor `q81`")
             && e.contains(&format!("file has {} bytes", good.len() - 1)),
         "{e}"
     );

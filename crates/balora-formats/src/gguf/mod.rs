@@ -1,4 +1,5 @@
-//! GGUF (versions 2 and 3) reader: header, metadata, tensor index, f32 dequantisation.
+//! GGUF (versions 2 and 3) reader: header, metadata, tensor index, f32 dequantisation (the
+//! types of [`crate::quant::SUPPORTED`], K-quants included).
 //!
 //! Layout (little-endian): `"GGUF"`, `version: u32`, `n_tensors: u64`, `n_kv: u64`, then
 //! `n_kv` metadata pairs (`key: string`, `type: u32`, value), then `n_tensors` tensor infos
@@ -180,7 +181,9 @@ impl GgufFile {
             let numel = shape
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .ok_or_else(|| invalid(format!("shape {shape:?} overflows")))?;
+                .ok_or_else(|| {
+                    invalid(format!("{} shape {shape:?} overflows", ggml_type.name()))
+                })?;
             if offset.checked_rem(alignment) != Some(0) {
                 return Err(invalid(format!(
                     "data offset {offset} is not a multiple of the alignment {alignment}"
@@ -423,8 +426,17 @@ impl TensorSource for GgufFile {
     fn load(&self, name: &str) -> Result<RawTensor, FormatError> {
         let info = self.tensor_info(name)?;
         let bytes = self.tensor_bytes(name)?;
-        let data =
-            dequantize(info.ggml_type, bytes, info.numel()).map_err(|_| self.unsupported(info))?;
+        if !info.ggml_type.converts_to_f32() {
+            return Err(self.unsupported(info));
+        }
+        // Sizes were checked in `parse`; an error here still names the tensor and its type.
+        let data = dequantize(info.ggml_type, bytes, info.numel()).map_err(|msg| {
+            FormatError::Invalid {
+                path: self.path.clone(),
+                what: format!("data of tensor `{}` ({})", info.name, info.ggml_type.name()),
+                msg,
+            }
+        })?;
         Ok(RawTensor {
             name: info.name.clone(),
             shape: info.shape.clone(),

@@ -170,6 +170,9 @@ pub struct LoraConfig {
     pub init: AdapterInit,
     /// σ of the gaussian initialisation for every layer (default: 1/r of each layer's rank).
     pub init_std: Option<f64>,
+    /// Multiplier of A's initialisation (kaiming bound or gaussian σ), finite > 0; default 1.
+    /// The BaLoRA paper's `A_scaling` (its configs pair it with `alpha = 8·A_scaling²`).
+    pub init_scale: f64,
 }
 
 impl Default for LoraConfig {
@@ -187,6 +190,7 @@ impl Default for LoraConfig {
             modules_to_save: Vec::new(),
             init: AdapterInit::Kaiming,
             init_std: None,
+            init_scale: 1.0,
         }
     }
 }
@@ -212,6 +216,7 @@ pub struct LayerLora {
     scale: f64,
     dropout: f64,
     init: LayerInit,
+    init_scale: f64,
 }
 
 impl LayerLora {
@@ -234,6 +239,10 @@ impl LayerLora {
     /// Initialisation of A.
     pub fn init(&self) -> LayerInit {
         self.init
+    }
+    /// Multiplier of A's initialisation (the kaiming bound or the gaussian σ).
+    pub fn init_scale(&self) -> f64 {
+        self.init_scale
     }
 }
 
@@ -283,6 +292,12 @@ impl LoraConfig {
             return Err(bad(
                 "adapter.targets",
                 "list at least one module name (or a regex, or \"all-linear\")",
+            ));
+        }
+        if !(self.init_scale.is_finite() && self.init_scale > 0.0) {
+            return Err(bad(
+                "adapter.init_scale",
+                format!("must be a finite number > 0, got {}", self.init_scale),
             ));
         }
         if let Some(s) = self.init_std {
@@ -396,6 +411,14 @@ impl LoraConfig {
             scale,
             dropout: self.dropout,
             init,
+            init_scale: if self.init_scale.is_finite() && self.init_scale > 0.0 {
+                self.init_scale
+            } else {
+                return Err(bad(
+                    "adapter.init_scale",
+                    format!("must be a finite number > 0, got {}", self.init_scale),
+                ));
+            },
         })
     }
 }

@@ -26,10 +26,11 @@ impl<B: Backend> LoraAdapter<B> {
         let r = cfg.r();
         let a = match cfg.init() {
             LayerInit::Kaiming => {
-                let bound = 1.0 / (d_in as f64).sqrt();
+                let bound = cfg.init_scale() / (d_in as f64).sqrt();
                 Tensor::random([r, d_in], Distribution::Uniform(-bound, bound), device)
             }
             LayerInit::Gaussian { std } => {
+                let std = std * cfg.init_scale();
                 Tensor::random([r, d_in], Distribution::Normal(0.0, std), device)
             }
         };

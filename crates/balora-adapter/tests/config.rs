@@ -213,3 +213,41 @@ fn selection_rules() {
     assert!(all.selects("lm_head", None, false).unwrap());
     assert!(!all.selects("lm_head", None, true).unwrap());
 }
+
+#[test]
+fn init_scale_multiplies_the_initialisation_of_a() {
+    use balora_adapter::LoraAdapter;
+    use burn::backend::NdArray;
+    use burn::tensor::backend::Backend;
+    type B = NdArray;
+    let dev = Default::default();
+    let draw = |scale: f64, init: AdapterInit| {
+        let cfg = LoraConfig {
+            r: 4,
+            init,
+            init_scale: scale,
+            ..Default::default()
+        };
+        B::seed(&dev, 7);
+        let a = LoraAdapter::<B>::new(64, 32, &cfg.resolve("q_proj").unwrap(), &dev);
+        a.lora_a.val().into_data().to_vec::<f32>().unwrap()
+    };
+    for init in [AdapterInit::Kaiming, AdapterInit::Gaussian] {
+        let (one, three) = (draw(1.0, init), draw(3.0, init));
+        for (x, y) in one.iter().zip(&three) {
+            assert!((3.0 * x - y).abs() <= 1e-6 * y.abs().max(1e-3), "{x} {y}");
+        }
+    }
+    // Kaiming's bound 1/√in, times the scale.
+    let a = draw(2.0, AdapterInit::Kaiming);
+    assert!(a.iter().all(|v| v.abs() <= 2.0 / 8.0));
+    assert!(a.iter().any(|v| v.abs() > 0.9 * 2.0 / 8.0));
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let cfg = LoraConfig {
+            init_scale: bad,
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("adapter.init_scale"), "{e}");
+    }
+}

@@ -15,7 +15,8 @@
 //! | `modules_to_save`     | `modules_to_save` (`null` ↔ empty)                 |
 //! | `init_lora_weights`   | `init`: `true` ↔ kaiming, `"gaussian"` ↔ gaussian  |
 //!
-//! `init_std` has no PEFT field (PEFT's gaussian σ is always 1/r); it is not written.
+//! `init_std` and `init_scale` have no PEFT field (PEFT's gaussian σ is always 1/r); they are not
+//! written.
 
 use balora_adapter::{
     deserialize_ordered_map, AdapterInit, AsMap, LoraConfig, ModuleSelector, Patterns,
@@ -80,7 +81,7 @@ fn peft_field(field: &str) -> String {
         "dropout" => "lora_dropout",
         "targets" => "target_modules",
         "exclude" => "exclude_modules",
-        "init" | "init_std" => "init_lora_weights",
+        "init" | "init_std" | "init_scale" => "init_lora_weights",
         h => h,
     };
     format!("{head}{rest}")
@@ -128,6 +129,7 @@ pub(crate) fn from_peft(
         modules_to_save: f.modules_to_save.unwrap_or_default(),
         init,
         init_std: None,
+        init_scale: 1.0,
     };
     cfg.validate().map_err(|e| {
         err(format!(

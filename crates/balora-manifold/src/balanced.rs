@@ -18,6 +18,13 @@
 //! `≤ rank_tol·λ_max` are split off and left exactly as they are (`P = Q = I` there), the rest
 //! (rank k) is balanced. So `P·Q = I` always holds, the product is preserved, and a direction in
 //! which B is zero but A is not keeps its A-row (and so a nonzero gradient for B).
+//!
+//! **Scale-aware start** (`start_ratio = ρ`, default 0: off). Right after a `B = 0` init the
+//! product is tiny, and balancing it shrinks both factors to `√σ(BA)`: Adam's per-coordinate steps
+//! (≈ lr each) then move a product of that small scale slowly. With ρ > 0 an adapter is projected
+//! only once `tr(BᵀB) ≥ ρ·tr(AAᵀ)`, i.e. once B carries a fraction ρ of A's energy. A projection
+//! makes the two traces equal, so for ρ < 1 an adapter stays on once started; the rule needs no
+//! state (it is decided from the Grams at every step).
 
 use crate::linalg::{split_range, sqrt_and_inv_sqrt, svd_desc};
 use crate::{
@@ -121,6 +128,9 @@ pub struct Balanced {
     pub start_step: u64,
     /// Relative eigenvalue threshold for rank deficiency.
     pub rank_tol: f64,
+    /// Scale-aware start: project an adapter only when `tr(BᵀB) ≥ start_ratio·tr(AAᵀ)`
+    /// (0: always).
+    pub start_ratio: f64,
 }
 
 impl Default for Balanced {
@@ -130,16 +140,17 @@ impl Default for Balanced {
             every: 1,
             start_step: 1,
             rank_tol: DEFAULT_RANK_TOL,
+            start_ratio: 0.0,
         }
     }
 }
 
 impl Balanced {
-    /// From config options (`gauge`, `every`, `start_step`, `rank_tol`).
+    /// From config options (`gauge`, `every`, `start_step`, `rank_tol`, `start_ratio`).
     pub fn from_options(opts: &Options) -> Result<Self, ManifoldError> {
         opts.reject_unknown(
             "manifold.balanced",
-            &["gauge", "every", "start_step", "rank_tol"],
+            &["gauge", "every", "start_step", "rank_tol", "start_ratio"],
         )?;
         let gauge = match opts.choice_or("gauge", "closest", &["closest", "canonical"])? {
             "canonical" => Gauge::Canonical,
@@ -161,11 +172,20 @@ impl Balanced {
             }
             .into());
         }
+        let start_ratio = opts.f64_or("start_ratio", 0.0)?;
+        if !(0.0..1.0).contains(&start_ratio) {
+            return Err(crate::OptionsError::BadValue {
+                key: "start_ratio".into(),
+                message: format!("must be in [0, 1), got {start_ratio}"),
+            }
+            .into());
+        }
         Ok(Self {
             gauge,
             every,
             start_step: opts.u64_or("start_step", 1)?.max(1),
             rank_tol,
+            start_ratio,
         })
     }
 }
@@ -181,6 +201,9 @@ impl Manifold for Balanced {
         step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
     }
     fn refactor(&self, grams: &PairGrams) -> Result<Option<Refactor>, ManifoldError> {
+        if self.start_ratio > 0.0 && grams.btb.trace() < self.start_ratio * grams.aat.trace() {
+            return Ok(None);
+        }
         Ok(Some(balance(grams, self.gauge, self.rank_tol)))
     }
 }
@@ -194,6 +217,7 @@ inventory::submit! {
             OptionDoc { key: "every", default: "1", help: "project after every k-th optimizer step" },
             OptionDoc { key: "start_step", default: "1", help: "first step (1-based) after which to project" },
             OptionDoc { key: "rank_tol", default: "1e-7", help: "relative Gram eigenvalue below which a direction is null (left unchanged)" },
+            OptionDoc { key: "start_ratio", default: "0", help: "scale-aware start: project an adapter only once tr(BᵀB) ≥ start_ratio·tr(AAᵀ)" },
         ],
         build: |opts| Ok(Box::new(Balanced::from_options(opts)?)),
     }

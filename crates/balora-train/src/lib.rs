@@ -8,6 +8,7 @@
 //! [`synthetic`] is the paper's synthetic experiment (a 20×20 layer, rank 4) built on it.
 
 pub mod checkpoint;
+pub mod diagnostics;
 mod grads;
 pub mod loss;
 pub mod plot;

@@ -4,6 +4,7 @@
 use crate::checkpoint::{
     checkpoint_dir, load_trainable_params, trainable_params, Checkpoint, TrainerState,
 };
+use crate::diagnostics::Snapshot;
 use crate::grads::clip_grad_norm;
 use crate::loss::BatchLoss;
 use crate::runstate::{MetricsFile, Progress};
@@ -101,6 +102,21 @@ pub struct MetricRecord {
     /// Adapters left unbalanced because `B·A = 0` at this step (train, when the manifold ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_product: Option<usize>,
+    /// Median balance gap of the adapters (eval; see [`crate::diagnostics`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_gap: Option<f64>,
+    /// Median log10 of the adapters' condition number κ (eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log10_kappa: Option<f64>,
+    /// Median relative change of A in the step before this evaluation (eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_a: Option<f64>,
+    /// Median relative change of B in the step before this evaluation (eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_b: Option<f64>,
+    /// Median ‖B‖/‖A‖ of the adapters (eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b_over_a: Option<f64>,
     /// Tokens trained on so far.
     pub tokens: u64,
     /// Training seconds so far (evaluation excluded).
@@ -286,10 +302,16 @@ where
         }
         Ok(())
     };
-    let eval_now = |model: &M, step: u64, tokens: u64, elapsed: f64| -> Option<MetricRecord> {
+    let eval_now = |model: &M,
+                    step: u64,
+                    tokens: u64,
+                    elapsed: f64,
+                    before: Option<&Snapshot>|
+     -> Option<MetricRecord> {
         if data.valid.is_empty() {
             return None;
         }
+        let d = crate::diagnostics::stats(before, &crate::diagnostics::snapshot(model));
         let (loss, acc) = evaluate(
             model,
             objective,
@@ -315,12 +337,20 @@ where
             hook_s: None,
             rank_deficient: None,
             zero_product: None,
+            balance_gap: d.balance_gap,
+            log10_kappa: d.log10_kappa,
+            step_a: d.step_a,
+            step_b: d.step_b,
+            b_over_a: d.b_over_a,
             tokens,
             elapsed_s: elapsed,
         })
     };
+    let eval_at = |step: u64| {
+        (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) || step == cfg.steps
+    };
     if start == 0 && cfg.eval_every > 0 {
-        if let Some(rec) = eval_now(&model, 0, 0, 0.0) {
+        if let Some(rec) = eval_now(&model, 0, 0, 0.0, None) {
             metrics.write(&rec);
             history.push(rec);
         }
@@ -384,6 +414,15 @@ where
             )));
         }
         let grad_norm = clip_grad_norm(&model, &mut grads, cfg.max_grad_norm);
+        // Factors before the step, for the step sizes recorded with the evaluation (host copy,
+        // outside the step's timing).
+        let before = (eval_at(step) && !data.valid.is_empty()).then(|| {
+            let t = Instant::now();
+            let s = crate::diagnostics::snapshot(&model);
+            (s, t.elapsed())
+        });
+        let t0 = before.as_ref().map_or(t0, |(_, d)| t0 + *d);
+        let before = before.map(|(s, _)| s);
         let (m, report) = stepper.step(lr, model, grads)?;
         model = m;
         let step_s = t0.elapsed().as_secs_f64();
@@ -403,6 +442,11 @@ where
             hook_s: Some(report.hook_s),
             rank_deficient: report.rank_deficient(),
             zero_product: report.zero_product(),
+            balance_gap: None,
+            log10_kappa: None,
+            step_a: None,
+            step_b: None,
+            b_over_a: None,
             tokens,
             elapsed_s: elapsed0 + train_s,
         };
@@ -418,8 +462,8 @@ where
             step - start,
         );
         let last = step == cfg.steps;
-        if (cfg.eval_every > 0 && step % cfg.eval_every == 0) || last {
-            if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s) {
+        if eval_at(step) {
+            if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s, before.as_ref()) {
                 metrics.write(&rec);
                 history.push(rec);
             }

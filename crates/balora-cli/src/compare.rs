@@ -1,13 +1,20 @@
-//! `balora compare`: LoRA vs BaLoRA (and other manifolds/optimizers) on one job, same seed and
-//! data, over a learning-rate × init-scale grid; writes a markdown report with SVG plots.
+//! `balora compare`: an experiment grid — method × learning rate × init scale × seed — on one
+//! job, and a report of it.
+//!
+//! Every cell is an ordinary run folder `<out>/<method>-lr<lr>-<init>-seed<seed>/` (config,
+//! `metrics.jsonl`, adapter) plus `cell.json`, written atomically once the cell has finished. A
+//! rerun skips every cell whose `cell.json` holds the same config and restarts a cell that was
+//! interrupted, so a killed compare loses at most the cells that were in progress. With
+//! `--jobs N > 1` the cells are split over N child processes of this binary, each with its share
+//! of the cores. A cell whose loss becomes non-finite is recorded as diverged (the grid goes on).
+//! The report is built from the `cell.json` files alone ([`crate::compare_report`]).
 
+use crate::compare_report::{self, CellRecord, GridMeta};
 use crate::config_cmd::JobArgs;
 use crate::train::{backend_of, load_base, resolve, run_method, MethodOpts};
-use anyhow::{Context, Result};
-use balora_config::{AdapterInit, JobConfig, Options};
-use balora_train::plot::{line_plot, Series};
+use anyhow::{bail, Context, Result};
+use balora_config::{AdapterInit, JobConfig, OptionValue, Options};
 use balora_train::MetricRecord;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,329 +24,527 @@ pub struct CompareArgs {
     /// The job (config file, --set overrides, output dir).
     #[command(flatten)]
     pub job: JobArgs,
-    /// Methods as `label=manifold[:optimizer]` (repeatable).
+    /// Methods as `label=manifold[:optimizer][,m.key=value][,o.key=value]…` (repeatable); `m.`
+    /// options go to the manifold, `o.` options to the optimizer, e.g.
+    /// `BaLoRA-late=balanced,m.start_step=20`. The first method is the baseline of the report.
     #[arg(long = "method", default_values_t = ["LoRA=unconstrained".to_string(), "BaLoRA=balanced".to_string()])]
     pub methods: Vec<String>,
     /// Learning rates of the grid.
     #[arg(long, value_delimiter = ',', default_values_t = [1e-3, 3e-3])]
     pub lrs: Vec<f64>,
-    /// Standard deviations of A's Gaussian initialisation (PEFT's gaussian uses 1/r).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05])]
+    /// Multipliers of A's initialisation (`adapter.init_scale`, the paper's `A_scaling`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "init_stds")]
+    pub init_scales: Vec<f64>,
+    /// Alternatively: σ of a Gaussian initialisation of A (`adapter.init_std`).
+    #[arg(long, value_delimiter = ',')]
     pub init_stds: Vec<f64>,
-    /// Markdown report path (plots are written beside it).
+    /// With --init-scales: α = this × scale² in each cell (the paper's `lora_alpha = 8·A_scaling²`).
+    #[arg(long)]
+    pub alpha_per_scale2: Option<f64>,
+    /// Seeds (`trainer.seed`: adapter init, data order, dropout); default: the config's.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Cells run at once, in child processes (0: one per 8 cores, 1 on GPU backends).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+    /// Markdown report path (plots and `<stem>-summary.json` are written beside it).
     #[arg(long, default_value = "runs/compare/report.md")]
     pub report: PathBuf,
-    /// Replace previous runs in the grid cells' folders.
+    /// Rerun cells whose folder holds a finished cell with another config.
     #[arg(long)]
     pub overwrite: bool,
+    /// Internal: run only cells `k` of every `n` (`k/n`) and write no report (child processes).
+    #[arg(long, hide = true)]
+    pub cells: Option<String>,
 }
 
-struct Method {
-    label: String,
+/// One method of the grid.
+#[derive(Debug, Clone)]
+pub struct Method {
+    /// Label in folders and the report.
+    pub label: String,
     manifold: String,
     optimizer: Option<String>,
+    manifold_opts: Vec<(String, OptionValue)>,
+    optimizer_opts: Vec<(String, OptionValue)>,
+}
+
+fn parse_value(v: &str) -> OptionValue {
+    if let Ok(b) = v.parse::<bool>() {
+        OptionValue::Bool(b)
+    } else if let Ok(i) = v.parse::<i64>() {
+        OptionValue::Int(i)
+    } else if let Ok(f) = v.parse::<f64>() {
+        OptionValue::Float(f)
+    } else {
+        OptionValue::Str(v.trim_matches('"').to_string())
+    }
 }
 
 fn parse_method(s: &str) -> Result<Method> {
-    let (label, rest) = s
-        .split_once('=')
-        .with_context(|| format!("--method expects label=manifold[:optimizer], got `{s}`"))?;
-    let (manifold, optimizer) = match rest.split_once(':') {
+    let (label, rest) = s.split_once('=').with_context(|| {
+        format!("--method expects label=manifold[:optimizer][,m.key=value…], got `{s}`")
+    })?;
+    if label.is_empty()
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_+.".contains(c))
+    {
+        bail!("--method `{s}`: the label must be non-empty letters, digits, `-`, `_`, `+` or `.`");
+    }
+    let mut parts = rest.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (manifold, optimizer) = match head.split_once(':') {
         Some((m, o)) => (m.to_string(), Some(o.to_string())),
-        None => (rest.to_string(), None),
+        None => (head.to_string(), None),
     };
-    Ok(Method {
+    let mut m = Method {
         label: label.into(),
         manifold,
         optimizer,
-    })
+        manifold_opts: Vec::new(),
+        optimizer_opts: Vec::new(),
+    };
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--method `{s}`: option `{p}` is not key=value"))?;
+        match k.split_once('.') {
+            Some(("m", key)) => m.manifold_opts.push((key.into(), parse_value(v))),
+            Some(("o", key)) => m.optimizer_opts.push((key.into(), parse_value(v))),
+            _ => bail!(
+                "--method `{s}`: option `{k}` must start with `m.` (manifold) or `o.` (optimizer)"
+            ),
+        }
+    }
+    Ok(m)
 }
 
-struct Cell {
-    method: String,
+/// One cell of the grid.
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    method: usize,
     lr: f64,
-    init_std: f64,
-    history: Vec<MetricRecord>,
-    train_s: f64,
-    hook_s: f64,
-    steps: usize,
+    init: f64,
+    seed: u64,
 }
 
-impl Cell {
-    fn evals(&self) -> Vec<&MetricRecord> {
-        self.history.iter().filter(|r| r.kind == "eval").collect()
+struct Grid {
+    base: JobConfig,
+    methods: Vec<Method>,
+    by_std: bool,
+    alpha_per_scale2: Option<f64>,
+    cells: Vec<Spec>,
+    out: PathBuf,
+}
+
+impl Grid {
+    fn dir(&self, s: &Spec) -> PathBuf {
+        let init = if self.by_std { "std" } else { "scale" };
+        self.out.join(format!(
+            "{}-lr{:e}-{init}{:e}-seed{}",
+            self.methods[s.method].label, s.lr, s.init, s.seed
+        ))
     }
-    fn best(&self) -> f64 {
-        self.evals()
-            .iter()
-            .map(|r| r.loss)
-            .fold(f64::INFINITY, f64::min)
-    }
-    fn last(&self) -> f64 {
-        self.evals().last().map_or(f64::NAN, |r| r.loss)
-    }
-    fn reach(&self, target: f64) -> Option<u64> {
-        self.evals()
-            .iter()
-            .find(|r| r.loss <= target + 1e-12)
-            .map(|r| r.step)
+
+    /// The config of one cell: the base with the method, lr, init and seed applied, validated
+    /// like `balora train` validates its config.
+    fn config(&self, s: &Spec) -> Result<JobConfig> {
+        let m = &self.methods[s.method];
+        let mut cfg = self.base.clone();
+        cfg.trainer.lr = s.lr;
+        cfg.trainer.seed = s.seed;
+        cfg.trainer.progress = false;
+        cfg.trainer.checkpoint_every = 0;
+        cfg.trainer.resume = false;
+        cfg.output.overwrite = false;
+        if self.by_std {
+            cfg.adapter.init = AdapterInit::Gaussian;
+            cfg.adapter.init_std = Some(s.init);
+        } else {
+            cfg.adapter.init_scale = s.init;
+            if let Some(c) = self.alpha_per_scale2 {
+                cfg.adapter.alpha = c * s.init * s.init;
+            }
+        }
+        if m.manifold != self.base.manifold.name {
+            cfg.manifold.options = Options::default();
+        }
+        cfg.manifold.name = m.manifold.clone();
+        for (k, v) in &m.manifold_opts {
+            cfg.manifold.options.0.insert(k.clone(), v.clone());
+        }
+        if let Some(o) = &m.optimizer {
+            if *o != self.base.optimizer.name {
+                cfg.optimizer.options = Options::default();
+            }
+            cfg.optimizer.name = o.clone();
+        }
+        for (k, v) in &m.optimizer_opts {
+            cfg.optimizer.options.0.insert(k.clone(), v.clone());
+        }
+        cfg.output.dir = self.dir(s);
+        let init_flag = if self.by_std {
+            "--init-stds"
+        } else {
+            "--init-scales"
+        };
+        cfg.validate().map_err(|e| {
+            let e = e.to_string();
+            let e = e.replace("`trainer.lr`", "`--lrs` (trainer.lr)");
+            let e = e.replace("`adapter.init_std`", "`--init-stds` (adapter.init_std)");
+            let e = e.replace(
+                "`adapter.init_scale`",
+                "`--init-scales` (adapter.init_scale)",
+            );
+            anyhow::anyhow!("{} lr {:e} {init_flag} {:e}: {e}", m.label, s.lr, s.init)
+        })?;
+        // Unknown plugin names and options fail here, before anything is loaded.
+        balora_manifold::build_manifold(&cfg.manifold.name, &cfg.manifold.options).map_err(
+            |e| {
+                let names: Vec<&str> = balora_manifold::manifold_entries()
+                    .map(|e| e.name)
+                    .collect();
+                anyhow::anyhow!(
+                    "--method {}: {e} (manifolds: {})",
+                    m.label,
+                    names.join(", ")
+                )
+            },
+        )?;
+        let optimizers: Vec<&str> = balora_optim::optimizer_entries().map(|e| e.name).collect();
+        if !optimizers.contains(&cfg.optimizer.name.as_str()) {
+            bail!(
+                "--method {}: unknown optimizer `{}`; allowed: {}",
+                m.label,
+                cfg.optimizer.name,
+                optimizers.join(", ")
+            );
+        }
+        Ok(cfg)
     }
 }
 
-/// The config of one grid cell: `base` with the method, lr and init std applied, validated like
-/// `balora train` validates its config.
-fn cell_config(base: &JobConfig, m: &Method, lr: f64, std: f64, dir: &Path) -> Result<JobConfig> {
-    let mut cfg = base.clone();
-    cfg.trainer.lr = lr;
-    cfg.trainer.progress = false;
-    cfg.trainer.checkpoint_every = 0;
-    cfg.trainer.resume = false;
-    cfg.adapter.init = AdapterInit::Gaussian;
-    cfg.adapter.init_std = Some(std);
-    cfg.manifold.name = m.manifold.clone();
-    if m.manifold != base.manifold.name {
-        cfg.manifold.options = Options::default();
-    }
-    if let Some(o) = &m.optimizer {
-        cfg.optimizer.name = o.clone();
-        cfg.optimizer.options = Options::default();
-    }
-    cfg.output.dir = dir.to_path_buf();
-    cfg.validate().map_err(|e| {
-        let e = e.to_string();
-        let e = e.replace("`trainer.lr`", "`--lrs` (trainer.lr)");
-        let e = e.replace("`adapter.init_std`", "`--init-stds` (adapter.init_std)");
-        anyhow::anyhow!("{} lr {lr:e} init std {std:e}: {e}", m.label)
-    })?;
-    let manifolds: Vec<&str> = balora_manifold::manifold_entries()
-        .map(|e| e.name)
-        .collect();
-    if !manifolds.contains(&cfg.manifold.name.as_str()) {
-        anyhow::bail!(
-            "--method {}: unknown manifold `{}`; allowed: {}",
-            m.label,
-            cfg.manifold.name,
-            manifolds.join(", ")
-        );
-    }
-    let optimizers: Vec<&str> = balora_optim::optimizer_entries().map(|e| e.name).collect();
-    if !optimizers.contains(&cfg.optimizer.name.as_str()) {
-        anyhow::bail!(
-            "--method {}: unknown optimizer `{}`; allowed: {}",
-            m.label,
-            cfg.optimizer.name,
-            optimizers.join(", ")
-        );
-    }
-    Ok(cfg)
-}
-
-/// Runs the comparison.
-pub fn run(args: CompareArgs) -> Result<()> {
-    let mut base_cfg = JobConfig::load(args.job.config.as_deref(), &args.job.sets)?;
-    base_cfg.output.overwrite = args.overwrite;
+fn build_grid(args: &CompareArgs) -> Result<Grid> {
+    let mut base = JobConfig::load(args.job.config.as_deref(), &args.job.sets)?;
+    base.output.overwrite = false;
     let methods: Vec<Method> = args
         .methods
         .iter()
         .map(|m| parse_method(m))
         .collect::<Result<_>>()?;
-    if methods.is_empty() || args.lrs.is_empty() || args.init_stds.is_empty() {
-        anyhow::bail!(
-            "the grid is empty: give at least one --method, --lrs value and --init-stds value"
-        );
+    let mut labels: Vec<&str> = methods.iter().map(|m| m.label.as_str()).collect();
+    labels.sort_unstable();
+    if labels.windows(2).any(|w| w[0] == w[1]) {
+        bail!("--method labels must be distinct");
+    }
+    let by_std = !args.init_stds.is_empty();
+    let inits = if by_std {
+        args.init_stds.clone()
+    } else if args.init_scales.is_empty() {
+        vec![1.0]
+    } else {
+        args.init_scales.clone()
+    };
+    if by_std && args.alpha_per_scale2.is_some() {
+        bail!("--alpha-per-scale2 goes with --init-scales, not --init-stds");
+    }
+    if let Some(c) = args.alpha_per_scale2 {
+        if !(c.is_finite() && c > 0.0) {
+            bail!("--alpha-per-scale2 must be a finite number > 0, got {c}");
+        }
+    }
+    let seeds = if args.seeds.is_empty() {
+        vec![base.trainer.seed]
+    } else {
+        args.seeds.clone()
+    };
+    if methods.is_empty() || args.lrs.is_empty() {
+        bail!("the grid is empty: give at least one --method and one --lrs value");
+    }
+    let mut cells = Vec::new();
+    for &init in &inits {
+        for &lr in &args.lrs {
+            for &seed in &seeds {
+                for method in 0..methods.len() {
+                    cells.push(Spec {
+                        method,
+                        lr,
+                        init,
+                        seed,
+                    });
+                }
+            }
+        }
     }
     let out = args
         .job
         .out
         .clone()
-        .unwrap_or_else(|| base_cfg.output.dir.join("compare"));
-    let cell_dir =
-        |m: &Method, lr: f64, std: f64| out.join(format!("{}-lr{lr:e}-std{std:e}", m.label));
-    // Every cell's config is checked before anything is loaded or trained.
-    for &lr in &args.lrs {
-        for &std in &args.init_stds {
-            for m in &methods {
-                cell_config(&base_cfg, m, lr, std, &cell_dir(m, lr, std))?;
-            }
-        }
+        .unwrap_or_else(|| base.output.dir.join("compare"));
+    Ok(Grid {
+        base,
+        methods,
+        by_std,
+        alpha_per_scale2: args.alpha_per_scale2,
+        cells,
+        out,
+    })
+}
+
+/// The finished cell in `dir`, if its `cell.json` holds `config`; an error if it holds another
+/// config (unless `overwrite`).
+fn finished(dir: &Path, config: &str, overwrite: bool) -> Result<Option<CellRecord>> {
+    let path = dir.join(compare_report::CELL_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let rec: CellRecord = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a cell record", path.display()))?;
+    if rec.config == config {
+        return Ok(Some(rec));
     }
-    let res = resolve(&base_cfg)?;
-    let backend = backend_of(base_cfg.backend);
-    let t0 = Instant::now();
-    let total = methods.len() * args.lrs.len() * args.init_stds.len();
-    let cells: Vec<Cell> = crate::backend::dispatch!(backend, |B, device| {
-        let (base, data) = load_base::<B>(&base_cfg, &res, &device)?;
-        let mut cells = Vec::new();
-        for &lr in &args.lrs {
-            for &std in &args.init_stds {
-                for m in &methods {
-                    let dir = cell_dir(m, lr, std);
-                    let cfg = cell_config(&base_cfg, m, lr, std, &dir)?;
-                    let inputs = res.inputs(&cfg, args.job.config.as_deref());
-                    let _held = crate::run_dir::open(&dir, &cfg, &inputs, false)?;
-                    tracing::info!(
-                        "[{}/{total}] {} lr {lr:e} init std {std:e}",
-                        cells.len() + 1,
-                        m.label
-                    );
-                    let o =
-                        run_method::<B>(&cfg, &base, &data, &dir, MethodOpts::default(), &device)?;
-                    cells.push(Cell {
-                        method: m.label.clone(),
-                        lr,
-                        init_std: std,
-                        steps: o.history.iter().filter(|r| r.kind == "train").count(),
-                        history: o.history,
-                        train_s: o.train_s,
-                        hook_s: o.hook_s,
-                    });
-                    tracing::info!(
-                        "  best eval {:.4}, {:.1}s",
-                        cells.last().map_or(f64::NAN, Cell::best),
-                        cells.last().map_or(0.0, |c| c.train_s)
-                    );
-                }
-            }
+    if !overwrite {
+        bail!(
+            "{} holds a finished cell run with another config; pass --overwrite to rerun it, or \
+             choose another --out",
+            dir.display()
+        );
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(None)
+}
+
+/// Whether a cell's error is a divergence (non-finite loss or factors).
+fn diverged(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.to_string().contains("non-finite"))
+}
+
+fn read_metrics(dir: &Path) -> Vec<MetricRecord> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Runs the comparison.
+pub fn run(args: CompareArgs) -> Result<()> {
+    let grid = build_grid(&args)?;
+    // Every cell's config is checked before anything is loaded or trained.
+    for s in &grid.cells {
+        grid.config(s)?;
+    }
+    let stripe = match &args.cells {
+        Some(c) => {
+            let (k, n) = c
+                .split_once('/')
+                .and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+                .filter(|&(k, n)| k < n)
+                .with_context(|| format!("--cells expects k/n with k < n, got `{c}`"))?;
+            Some((k, n))
         }
-        cells
-    })?;
-    let wall = t0.elapsed().as_secs_f64();
-    let cmd = std::env::args().collect::<Vec<_>>().join(" ");
-    let md = write_report(&args.report, &base_cfg, &methods, &cells, wall, &cmd)?;
+        None => None,
+    };
+    let t0 = Instant::now();
+    let backend = backend_of(grid.base.backend);
+    let jobs = match args.jobs {
+        0 if matches!(
+            backend,
+            crate::backend::BackendKind::Flex | crate::backend::BackendKind::Ndarray
+        ) =>
+        {
+            (num_cpus() / 8).max(1)
+        }
+        0 => 1,
+        j => j,
+    };
+    if stripe.is_none() && jobs > 1 {
+        run_children(jobs)?;
+    } else {
+        let mine: Vec<Spec> = grid
+            .cells
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| stripe.is_none_or(|(k, n)| i % n == k))
+            .map(|(_, s)| *s)
+            .collect();
+        run_cells(&grid, &args, &mine)?;
+    }
+    if stripe.is_some() {
+        return Ok(());
+    }
+    let mut records = Vec::new();
+    for s in &grid.cells {
+        let dir = grid.dir(s);
+        let cfg = grid.config(s)?.to_toml();
+        records
+            .push(finished(&dir, &cfg, false)?.with_context(|| {
+                format!("cell {} did not finish (no cell.json)", dir.display())
+            })?);
+    }
+    let meta = GridMeta {
+        cfg: &grid.base,
+        methods: grid.methods.iter().map(|m| m.label.clone()).collect(),
+        init_axis: if grid.by_std {
+            "init std"
+        } else {
+            "init scale"
+        },
+        alpha_per_scale2: grid.alpha_per_scale2,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        wall_s: t0.elapsed().as_secs_f64(),
+    };
+    let md = compare_report::write(&args.report, &meta, &records)?;
     println!("{md}");
     println!("report: {}", args.report.display());
     Ok(())
 }
 
-fn write_report(
-    path: &Path,
-    cfg: &JobConfig,
-    methods: &[Method],
-    cells: &[Cell],
-    wall: f64,
-    cmd: &str,
-) -> Result<String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("report");
-    // Best cell per method (lowest best eval loss).
-    let best: Vec<&Cell> = methods
-        .iter()
-        .filter_map(|m| {
-            cells
-                .iter()
-                .filter(|c| c.method == m.label)
-                .min_by(|a, b| a.best().total_cmp(&b.best()))
-        })
-        .collect();
-    let step_svg = dir.join(format!("{stem}-eval-vs-step.svg"));
-    let time_svg = dir.join(format!("{stem}-eval-vs-time.svg"));
-    let curve = |c: &Cell, time: bool| -> Vec<(f64, f64)> {
-        c.evals()
-            .iter()
-            .map(|r| (if time { r.elapsed_s } else { r.step as f64 }, r.loss))
-            .collect()
-    };
-    let series = |time: bool| -> Vec<Series> {
-        best.iter()
-            .map(|c| Series {
-                label: format!("{} (lr {:e}, init std {:e})", c.method, c.lr, c.init_std),
-                points: curve(c, time),
-                thin: false,
-            })
-            .collect()
-    };
-    let title = format!(
-        "eval loss, best grid cell per method ({})",
-        cfg.model.asset.clone().unwrap_or_default()
-    );
-    line_plot(&step_svg, &title, "step", "eval loss", &series(false))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", step_svg.display()))?;
-    line_plot(
-        &time_svg,
-        &title,
-        "training seconds",
-        "eval loss",
-        &series(true),
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", time_svg.display()))?;
-    let lora_best = cells
-        .iter()
-        .filter(|c| c.method == methods[0].label)
-        .map(Cell::best)
-        .fold(f64::INFINITY, f64::min);
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "# LoRA vs BaLoRA on {}\n",
-        cfg.model
-            .asset
-            .clone()
-            .or(cfg.model.path.as_ref().map(|p| p.display().to_string()))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(
-        md,
-        "Data `{}`, seq_len {}, batch {}×{}, {} steps, schedule {:?} (warmup {}), optimizer `{}`, r = {}, α = {}, targets {}, seed {}; {} runs in {:.0} s on `{:?}`.\n",
-        cfg.data.asset.clone().or(cfg.data.path.as_ref().map(|p| p.display().to_string())).unwrap_or_default(),
-        cfg.data.seq_len, cfg.trainer.batch_size, cfg.trainer.grad_accum, cfg.trainer.steps,
-        cfg.trainer.schedule, cfg.trainer.warmup_steps, cfg.optimizer.name, cfg.adapter.r, cfg.adapter.alpha,
-        cfg.adapter.targets, cfg.trainer.seed, cells.len(), wall, cfg.backend
-    );
-    let _ = writeln!(md, "Command: `{cmd}`\n");
-    let _ = writeln!(md, "## Best eval loss per method\n");
-    let _ = writeln!(md, "| method | best eval loss | at (lr, init std) | final eval loss | steps to reach {}'s best ({lora_best:.4}) | projection+transport / step time |", methods[0].label);
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    for c in &best {
-        let reach = c
-            .reach(lora_best)
-            .map_or("not reached".to_string(), |s| s.to_string());
-        let overhead = if c.train_s > 0.0 {
-            100.0 * c.hook_s / c.train_s
-        } else {
-            0.0
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {:.4} | ({:e}, {:e}) | {:.4} | {} | {:.2}% |",
-            c.method,
-            c.best(),
-            c.lr,
-            c.init_std,
-            c.last(),
-            reach,
-            overhead
-        );
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs the grid in `jobs` child processes (`--cells k/jobs`), each with its share of the cores.
+fn run_children(jobs: usize) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the balora binary")?;
+    let mut argv: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--jobs" || a == "--cells" {
+            it.next();
+        } else if !(a.starts_with("--jobs=") || a.starts_with("--cells=")) {
+            argv.push(a);
+        }
     }
-    let _ = writeln!(
-        md,
-        "\n![eval loss vs step]({})\n\n![eval loss vs time]({})\n",
-        step_svg.file_name().and_then(|s| s.to_str()).unwrap_or(""),
-        time_svg.file_name().and_then(|s| s.to_str()).unwrap_or("")
-    );
-    let _ = writeln!(md, "## All grid cells\n");
-    let _ = writeln!(md, "| method | lr | init std | best eval | final eval | train s | s/step | hook s/step | hook share |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-    for c in cells {
-        let n = c.steps.max(1) as f64;
-        let _ = writeln!(
-            md,
-            "| {} | {:e} | {:e} | {:.4} | {:.4} | {:.1} | {:.3} | {:.4} | {:.2}% |",
-            c.method,
-            c.lr,
-            c.init_std,
-            c.best(),
-            c.last(),
-            c.train_s,
-            c.train_s / n,
-            c.hook_s / n,
-            100.0 * c.hook_s / c.train_s.max(1e-12)
-        );
+    let threads = (num_cpus() / jobs).max(1).to_string();
+    let mut children = Vec::new();
+    for k in 0..jobs {
+        let child = std::process::Command::new(&exe)
+            .args(&argv)
+            .args(["--jobs", "1", "--cells", &format!("{k}/{jobs}")])
+            .env("RAYON_NUM_THREADS", &threads)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        children.push(child);
     }
-    let _ = writeln!(md, "\nThe hook time is the manifold step (Gram transfer, f64 r×r gauge, two thin matmuls) plus the optimizer-moment transport, measured with the host clock around `TrainStepper`'s hook (exact on the synchronous CPU backend).");
-    balora_train::report::write_atomic(path, md.as_bytes())?;
-    Ok(md)
+    let mut failed = Vec::new();
+    for (k, mut c) in children.into_iter().enumerate() {
+        let st = c.wait().context("waiting for a compare child")?;
+        if !st.success() {
+            failed.push(format!("cells {k}/{jobs}: {st}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("compare child processes failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Runs (or skips, when finished) `cells` in this process.
+fn run_cells(grid: &Grid, args: &CompareArgs, cells: &[Spec]) -> Result<()> {
+    let todo: Vec<(Spec, JobConfig)> = cells
+        .iter()
+        .map(|s| Ok((*s, grid.config(s)?)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter_map(
+            |(s, cfg)| match finished(&grid.dir(&s), &cfg.to_toml(), args.overwrite) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(Ok((s, cfg))),
+                Err(e) => Some(Err(e)),
+            },
+        )
+        .collect::<Result<_>>()?;
+    if todo.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        "{} of {} cells to run ({} finished before)",
+        todo.len(),
+        cells.len(),
+        cells.len() - todo.len()
+    );
+    let res = resolve(&grid.base)?;
+    let backend = backend_of(grid.base.backend);
+    crate::backend::dispatch!(backend, |B, device| {
+        let (base, data) = load_base::<B>(&grid.base, &res, &device)?;
+        for (i, (s, cfg)) in todo.iter().enumerate() {
+            let dir = grid.dir(s);
+            let m = &grid.methods[s.method];
+            tracing::info!(
+                "[{}/{}] {} lr {:e} init {:e} seed {}",
+                i + 1,
+                todo.len(),
+                m.label,
+                s.lr,
+                s.init,
+                s.seed
+            );
+            // A folder without cell.json is an interrupted cell: start it over.
+            let mut open_cfg = cfg.clone();
+            open_cfg.output.overwrite = dir.exists();
+            let inputs = res.inputs(&open_cfg, args.job.config.as_deref());
+            let held = crate::run_dir::open(&dir, &open_cfg, &inputs, false)?;
+            let rec = match run_method::<B>(cfg, &base, &data, &dir, MethodOpts::default(), &device)
+            {
+                Ok(o) => CellRecord {
+                    method: m.label.clone(),
+                    lr: s.lr,
+                    init: s.init,
+                    seed: s.seed,
+                    config: cfg.to_toml(),
+                    steps: o.history.iter().filter(|r| r.kind == "train").count(),
+                    history: o.history,
+                    train_s: o.train_s,
+                    hook_s: o.hook_s,
+                    diverged: None,
+                },
+                Err(e) if diverged(&e) => {
+                    tracing::warn!(
+                        "{} lr {:e} init {:e} seed {} diverged: {e:#}",
+                        m.label,
+                        s.lr,
+                        s.init,
+                        s.seed
+                    );
+                    let history = read_metrics(&dir);
+                    let train: Vec<&MetricRecord> =
+                        history.iter().filter(|r| r.kind == "train").collect();
+                    CellRecord {
+                        method: m.label.clone(),
+                        lr: s.lr,
+                        init: s.init,
+                        seed: s.seed,
+                        config: cfg.to_toml(),
+                        steps: train.len(),
+                        train_s: train.last().map_or(0.0, |r| r.elapsed_s),
+                        hook_s: train.iter().filter_map(|r| r.hook_s).sum(),
+                        history,
+                        diverged: Some(format!("{e:#}")),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            let json = serde_json::to_string(&rec)?;
+            balora_formats::atomic::write_atomic(
+                &dir.join(compare_report::CELL_FILE),
+                json.as_bytes(),
+            )?;
+            drop(held);
+            tracing::info!(
+                "  best eval {:.4}, {:.1}s{}",
+                rec.best(),
+                rec.train_s,
+                if rec.diverged.is_some() {
+                    " (diverged)"
+                } else {
+                    ""
+                }
+            );
+        }
+    })?;
+    Ok(())
 }

@@ -5,6 +5,8 @@ mod backend;
 mod balance;
 mod bench;
 mod compare;
+mod compare_diag;
+mod compare_report;
 mod config;
 mod config_cmd;
 mod generate;

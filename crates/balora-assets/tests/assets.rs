@@ -220,7 +220,8 @@ fn pinned_list_is_complete_and_unknown_names_are_rejected() {
             "minilm",
             "shakespeare",
             "moby-dick",
-            "chatterbot"
+            "chatterbot",
+            "rotten-tomatoes"
         ]
     );
     for a in ASSETS {

@@ -30,7 +30,11 @@ fn corpora_accessors_point_at_the_texts() {
     if for_test("rotten-tomatoes").is_some() {
         let csv = a.rotten_tomatoes_csv().unwrap();
         // bzip2 stream magic; the contents are checked in balora-data's tests.
-        assert!(std::fs::read(&csv).unwrap().starts_with(b"BZh"), "{}", csv.display());
+        assert!(
+            std::fs::read(&csv).unwrap().starts_with(b"BZh"),
+            "{}",
+            csv.display()
+        );
     }
     if let Some(minilm) = for_test("minilm") {
         for f in [

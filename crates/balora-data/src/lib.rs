@@ -5,6 +5,10 @@
 //!   rendered with a chat template ([`ChatTemplate::ChatMl`] for SmolLM2) and with the prompt
 //!   tokens masked out of the loss;
 //! * classification JSONL `{"text","label"}`;
+//! * the pinned data assets `chatterbot` (prompt/completion pairs from YAML dialogues) and
+//!   `rotten-tomatoes` (`fresh`/`rotten` review snippets, CSV) read through the same code as
+//!   JSONL records ([`assets`]), with strict YAML and CSV readers ([`yaml`], [`csv`]) whose
+//!   errors name file and line;
 //! * a deterministic seeded split and shuffle, and padded batches with attention masks
 //!   ([`Loader`], whose position is saved in checkpoints).
 //!
@@ -24,10 +28,13 @@
 //! assert_eq!((batch.batch, batch.seq), (2, 3));
 //! ```
 
+pub mod assets;
 mod batch;
+pub mod csv;
 mod fit;
 mod load;
 mod template;
+pub mod yaml;
 
 pub use batch::{Batch, Example, Loader, LoaderState, IGNORE_INDEX};
 pub use fit::ModelLimits;

@@ -1,11 +1,12 @@
 //! Reading and tokenizing data files.
 
+use crate::assets::{chatterbot_pairs, record_asset_format, rotten_tomatoes_reviews};
 use crate::batch::Example;
 use crate::template::{ChatMessage, ChatTemplate};
 use balora_config::{ChatTemplateName, DataFormat, DataSection};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -106,7 +107,7 @@ impl Encoder {
 }
 
 /// Where a record came from (for messages).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineSource {
     /// File.
     pub path: PathBuf,
@@ -154,10 +155,14 @@ pub fn load_dataset(
     seed: u64,
 ) -> Result<Dataset, DataError> {
     let mut classes = BTreeMap::new();
-    let format = format_of(cfg, path);
-    let mut train = examples_of(cfg, format, path, encoder, &mut classes)?;
+    let asset = record_asset(cfg, path)?;
+    let format = match asset {
+        Some((_, f)) => f,
+        None => format_of(cfg, path),
+    };
+    let mut train = examples_of(cfg, format, path, asset, encoder, &mut classes)?;
     let valid = match &cfg.validation_path {
-        Some(vp) => examples_of(cfg, format_of(cfg, vp), vp, encoder, &mut classes)?,
+        Some(vp) => examples_of(cfg, format_of(cfg, vp), vp, None, encoder, &mut classes)?,
         None => {
             if format != DataFormat::Text {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_da7a);
@@ -195,20 +200,80 @@ pub fn load_dataset(
     })
 }
 
+/// The record asset `cfg` reads from `path` (`data.asset` without `data.path`, one of
+/// [`RECORD_ASSETS`](crate::assets::RECORD_ASSETS)) and the format it yields; an error when
+/// `data.format` asks for another one.
+fn record_asset<'a>(
+    cfg: &'a DataSection,
+    path: &Path,
+) -> Result<Option<(&'a str, DataFormat)>, DataError> {
+    let Some(name) = cfg.asset.as_deref().filter(|_| cfg.path.is_none()) else {
+        return Ok(None);
+    };
+    let Some(yields) = record_asset_format(name) else {
+        return Ok(None);
+    };
+    if cfg.format != DataFormat::Auto && cfg.format != yields {
+        let fmt = |f: DataFormat| format!("{f:?}").to_lowercase();
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            reason: format!(
+                "data.asset = \"{name}\" yields {} examples: set data.format = \"{}\" (or \"auto\"), not \"{}\"",
+                fmt(yields),
+                fmt(yields),
+                fmt(cfg.format)
+            ),
+        });
+    }
+    Ok(Some((name, yields)))
+}
+
+/// One record (a JSONL line or an asset's item) before it becomes an example.
+struct Raw {
+    source: LineSource,
+    record: Result<Map<String, Value>, String>,
+}
+
 fn examples_of(
     cfg: &DataSection,
     format: DataFormat,
     path: &Path,
+    asset: Option<(&str, DataFormat)>,
     encoder: &Encoder,
     classes: &mut BTreeMap<String, usize>,
 ) -> Result<Vec<Example>, DataError> {
-    let text = read(path)?;
-    match format {
-        DataFormat::Text | DataFormat::Auto => text_chunks(cfg, path, &text, encoder),
-        DataFormat::Jsonl | DataFormat::Classification => {
-            jsonl(cfg, format, path, &text, encoder, classes)
+    let at = |source: LineSource, record: Map<String, Value>| Raw {
+        source,
+        record: Ok(record),
+    };
+    let raws: Vec<Raw> = match asset.map(|(n, _)| n) {
+        Some("chatterbot") => chatterbot_pairs(path)?
+            .into_iter()
+            .map(|p| {
+                let mut m = Map::new();
+                m.insert("prompt".into(), Value::String(p.prompt));
+                m.insert("completion".into(), Value::String(p.completion));
+                at(p.source, m)
+            })
+            .collect(),
+        Some(_) => rotten_tomatoes_reviews(path)?
+            .into_iter()
+            .map(|r| {
+                let mut m = Map::new();
+                m.insert("text".into(), Value::String(r.text));
+                m.insert("label".into(), Value::String(r.label));
+                at(r.source, m)
+            })
+            .collect(),
+        None => {
+            let text = read(path)?;
+            if matches!(format, DataFormat::Text | DataFormat::Auto) {
+                return text_chunks(cfg, path, &text, encoder);
+            }
+            jsonl_lines(path, &text)
         }
-    }
+    };
+    records(cfg, format, path, raws, encoder, classes)
 }
 
 fn text_chunks(
@@ -258,11 +323,30 @@ fn str_field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<&
     }
 }
 
-fn jsonl(
+/// The non-empty lines of a JSONL file, each parsed as a JSON object.
+fn jsonl_lines(path: &Path, text: &str) -> Vec<Raw> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| Raw {
+            source: LineSource {
+                path: path.to_path_buf(),
+                line: i + 1,
+            },
+            record: match serde_json::from_str(line) {
+                Ok(Value::Object(obj)) => Ok(obj),
+                Ok(_) => Err("expected a JSON object".into()),
+                Err(e) => Err(format!("invalid JSON: {e}")),
+            },
+        })
+        .collect()
+}
+
+fn records(
     cfg: &DataSection,
     format: DataFormat,
     path: &Path,
-    text: &str,
+    raws: Vec<Raw>,
     encoder: &Encoder,
     classes: &mut BTreeMap<String, usize>,
 ) -> Result<Vec<Example>, DataError> {
@@ -271,30 +355,28 @@ fn jsonl(
         ChatTemplateName::Plain => ChatTemplate::Plain,
     };
     let mut out = Vec::new();
-    let mut bad: Vec<(usize, String)> = Vec::new();
-    let mut total = 0usize;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        total += 1;
-        let parsed = parse_line(cfg, format, line, encoder, &template, classes);
+    let mut bad: Vec<(LineSource, String)> = Vec::new();
+    let total = raws.len();
+    for raw in raws {
+        let parsed = raw
+            .record
+            .and_then(|obj| parse_record(cfg, format, obj, encoder, &template, classes));
         match parsed {
             Ok(ex) => out.push(ex),
             Err(reason) => {
+                let LineSource { path: file, line } = raw.source;
                 if cfg.max_bad_fraction == 0.0 {
                     return Err(DataError::Malformed {
-                        path: path.to_path_buf(),
-                        line: i + 1,
+                        path: file,
+                        line,
                         reason,
                     });
                 }
                 tracing::warn!(
-                    "{}:{}: skipping malformed line: {reason}",
-                    path.display(),
-                    i + 1
+                    "{}:{line}: skipping malformed record: {reason}",
+                    file.display()
                 );
-                bad.push((i + 1, reason));
+                bad.push((LineSource { path: file, line }, reason));
             }
         }
     }
@@ -305,30 +387,31 @@ fn jsonl(
         });
     }
     if !bad.is_empty() && bad.len() as f64 > cfg.max_bad_fraction * total as f64 {
-        let (line, reason) = &bad[0];
+        let (src, reason) = &bad[0];
+        let first = if src.path == path {
+            format!("line {}: {reason}", src.line)
+        } else {
+            format!("{}:{}: {reason}", src.path.display(), src.line)
+        };
         return Err(DataError::TooManyBad {
             path: path.to_path_buf(),
             bad: bad.len(),
             total,
             max: cfg.max_bad_fraction,
-            first: format!("line {line}: {reason}"),
+            first,
         });
     }
     Ok(out)
 }
 
-fn parse_line(
+fn parse_record(
     cfg: &DataSection,
     format: DataFormat,
-    line: &str,
+    obj: Map<String, Value>,
     encoder: &Encoder,
     template: &ChatTemplate,
     classes: &mut BTreeMap<String, usize>,
 ) -> Result<Example, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Value::Object(obj) = v else {
-        return Err("expected a JSON object".into());
-    };
     let enc = |s: &str, special: bool| encoder.encode(s, special).map_err(|e| e.to_string());
     if format == DataFormat::Classification {
         let text = str_field(&obj, "text")?;

@@ -89,8 +89,11 @@ pub fn resolve(cfg: &JobConfig) -> Result<Resolved> {
     let data_path = match (&cfg.data.path, cfg.data.asset.as_deref()) {
         (Some(p), _) => p.clone(),
         (None, Some("moby-dick")) => paths.moby_dick_text()?,
+        // A folder of YAML dialogues / a CSV: balora-data reads them as records (data::assets).
+        (None, Some("chatterbot")) => paths.chatterbot_dir()?,
+        (None, Some("rotten-tomatoes")) => paths.rotten_tomatoes_csv()?,
         (None, Some(other)) => bail!(
-            "data.asset `{other}` is not a text corpus; allowed: moby-dick (or set data.path)"
+            "data.asset `{other}` is not a dataset; allowed: moby-dick (text), chatterbot (prompt/completion), rotten-tomatoes (classification), or set data.path"
         ),
         (None, None) => bail!("set data.path or data.asset"),
     };

@@ -6,7 +6,8 @@
 //! keeps the best tokens/s of the rounds and the largest peak RSS, and prints one table with the
 //! ratios balora / PyTorch. `--record` writes it into docs/benchmarks.md.
 
-use crate::{capture, machine, replace_section, run, show, Backend, Xtask};
+use crate::backend::Backend;
+use crate::util::{capture, machine, replace_section, show, Xtask};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -103,19 +104,6 @@ impl Xtask {
                 py.display()
             ),
         }
-    }
-
-    /// `setup bench`: the reference's packages into the PyTorch venv (after `setup tch`).
-    pub fn setup_bench(&self, python: &str) -> Result<()> {
-        self.setup_tch(python)?;
-        run(Command::new(self.tch_venv().join("bin/python")).args([
-            "-m",
-            "pip",
-            "install",
-            "transformers==5.24.0",
-            "peft==0.21.2",
-            "gguf==0.19.0",
-        ]))
     }
 
     /// `bench-torch`.

@@ -10,7 +10,7 @@
 //!
 //! Needs the venv of `cargo xtask setup bench` (torch, transformers, PEFT).
 
-use crate::{capture, run, Xtask};
+use crate::util::{capture, run, Xtask};
 use anyhow::{bail, Result};
 use std::process::Command;
 

@@ -1,0 +1,140 @@
+//! `cargo xtask test`: what CI runs (fmt, workspace tests, conformance on ndarray+flex+wgpu,
+//! the CLI's backend dispatch, CUDA type-check, clippy, docs).
+
+use crate::backend::Backend;
+use crate::util::{capture, run, show, Xtask};
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+use std::time::Instant;
+
+impl Xtask {
+    pub fn test(&self, wgpu: bool) -> Result<()> {
+        let start = Instant::now();
+        run(self.cargo().args(["fmt", "--all", "--check"]))?;
+        // Default features (ndarray): what a new user gets; includes the conformance checks on
+        // ndarray and the doctests.
+        let fuzz_summary = self.target.join("tmp/fuzz-summary.txt");
+        let _ = std::fs::remove_file(&fuzz_summary);
+        run(self.cargo().args(["test", "--workspace"]))?;
+        // The bounded fuzz run (balora-fuzz) leaves its per-reader counts here.
+        match std::fs::read_to_string(&fuzz_summary) {
+            Ok(s) => eprintln!("\n{}", s.trim_end()),
+            Err(e) => bail!(
+                "the fuzz run wrote no summary ({}): {e}",
+                fuzz_summary.display()
+            ),
+        }
+        // The heavy feature set, built once: wgpu runs (lavapipe on CPU machines), cuda is built
+        // and reports "skipped: no usable device" without a GPU.
+        // CUDA is type-checked only (below): building its kernels' host code would add a third
+        // heavy feature set to CI, and no CI machine has a GPU to run it.
+        let mut backends = vec![Backend::Ndarray, Backend::Flex];
+        let mut require = vec![Backend::Ndarray, Backend::Flex];
+        if wgpu {
+            backends.push(Backend::Wgpu);
+            require.push(Backend::Wgpu);
+        }
+        backends.sort();
+        self.conformance(&backends, None, &require, false)?;
+        // The CLI with the same features (reuses the build above): backend dispatch compiles
+        // for every GPU backend, and a missing driver is one sentence, not a panic.
+        self.build_cli(&backends)?;
+        self.cli_backend_smoke(wgpu)?;
+        run(self.cargo().args([
+            "check",
+            "-p",
+            "balora-cli",
+            "-p",
+            "balora-conformance",
+            "--features",
+            // The opt-in OpenBLAS matmul path type-checks with it (linking needs libopenblas).
+            "balora-cli/cuda,balora-cli/openblas,balora-conformance/cuda",
+        ]))?;
+        run(self.cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        self.docs(false)?;
+        eprintln!(
+            "\nxtask test: all passed in {:.1} min",
+            start.elapsed().as_secs_f64() / 60.0
+        );
+        Ok(())
+    }
+
+    /// `balora synthetic` on each backend the binary has: a short run where a device exists, and
+    /// one clear error line (exit 1, no panic) where it does not.
+    pub fn cli_backend_smoke(&self, wgpu: bool) -> Result<()> {
+        let bin = self.target.join("debug/balora");
+        let tiny = |backend: &str, out: &str| {
+            let mut c = Command::new(&bin);
+            c.current_dir(&self.root).args([
+                "synthetic",
+                "--backend",
+                backend,
+                "--set",
+                "trajectories=1",
+                "--set",
+                "lr_count=1",
+                "--set",
+                "steps=3",
+                "--set",
+                "seeds=1",
+                "--out",
+            ]);
+            c.arg(self.target.join(out));
+            c
+        };
+        let mut cases = vec![
+            ("ndarray", None, "smoke-ndarray"),
+            ("flex", None, "smoke-flex"),
+        ];
+        if wgpu {
+            cases.push(("wgpu", None, "smoke-wgpu"));
+            // No Vulkan driver: the loader finds no ICD.
+            cases.push((
+                "wgpu",
+                Some(("VK_ICD_FILENAMES", "/nonexistent.json")),
+                "smoke-no-vk",
+            ));
+        }
+        if capture("nvidia-smi", &["-L"]).is_none() {
+            cases.push(("cuda", None, "smoke-no-cuda"));
+        }
+        for (backend, env, out) in cases {
+            let mut c = tiny(backend, out);
+            self.runtime_env(&mut c)?;
+            if let Some((k, v)) = env {
+                c.env(k, v).env("VK_DRIVER_FILES", v);
+            }
+            let line = show(&c);
+            let o = c.output().with_context(|| format!("starting `{line}`"))?;
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let expect_ok = matches!(out, "smoke-ndarray" | "smoke-flex" | "smoke-wgpu");
+            if expect_ok {
+                if !o.status.success() {
+                    bail!("`{line}` failed:\n{stderr}");
+                }
+                eprintln!("ok: {line}");
+            } else {
+                let err_line = stderr
+                    .lines()
+                    .find(|l| l.starts_with("error:"))
+                    .unwrap_or("");
+                if o.status.code() != Some(1) || stderr.contains("panicked") || err_line.is_empty()
+                {
+                    bail!(
+                        "`{line}` should fail with one `error:` line (exit 1), got {} and:\n{stderr}",
+                        o.status
+                    );
+                }
+                eprintln!("ok (clear error): {line}\n    {err_line}");
+            }
+        }
+        Ok(())
+    }
+}

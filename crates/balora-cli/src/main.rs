@@ -83,7 +83,7 @@ enum Command {
         /// Cache folder (default: `$BALORA_ASSETS`, else `<workspace>/assets`).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Fetch only this asset (repeatable): smollm2, minilm, shakespeare, moby-dick, chatterbot.
+        /// Fetch only this asset (repeatable): smollm2, minilm, shakespeare, moby-dick, chatterbot, rotten-tomatoes.
         #[arg(long)]
         only: Vec<String>,
     },

@@ -175,7 +175,8 @@ pub enum ChatTemplateName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// A bundled public-domain corpus fetched through balora-assets (`moby-dick`).
+    /// A dataset fetched through balora-assets: `moby-dick` (text), `chatterbot` (chat pairs,
+    /// prompt masked), `rotten-tomatoes` (sentiment classification).
     pub asset: Option<String>,
     /// A local data file (overrides `asset`).
     pub path: Option<PathBuf>,

@@ -84,11 +84,14 @@ pub fn attach<B: Backend, M: AdapterHost<B>>(
             save[k]
         )));
     }
-    if plan.iter().all(Option::is_none) && save.is_empty() {
+    // As PEFT: targets that match nothing are an error even when modules_to_save matched
+    // (otherwise only the saved modules would train, silently).
+    if plan.iter().all(Option::is_none) {
+        let examples: Vec<&str> = infos.iter().take(8).map(|i| i.path.as_str()).collect();
         return Err(ModelError::Targets(format!(
-            "adapter.targets {:?} matched no linear layer (module names look like `{}`)",
+            "adapter.targets {} matched no linear layer (module names look like `{}`)",
             spec.targets,
-            infos.first().map(|i| i.path.as_str()).unwrap_or("")
+            examples.join("`, `")
         )));
     }
     let mut idx = 0;

@@ -331,3 +331,25 @@ fn gaussian_init_and_init_std_apply_per_layer_rank_on_bert() {
         check_gaussian_init(&a_rms(&m), "value", init_std);
     }
 }
+
+#[test]
+fn targets_matching_nothing_are_an_error_even_with_modules_to_save() {
+    // PEFT raises "Target modules … not found in the base model" here; balora used to train
+    // only the classifier head, silently.
+    let dev = Default::default();
+    let bert = BertModel::<B>::load(&cfg(), &weights(3), &dev).unwrap();
+    let clf = BertForSequenceClassification::new(bert, 2, Pooling::Cls, &dev);
+    let mut spec = LoraConfig::new(
+        2,
+        4.0,
+        ModuleSelector::Regex(r".*\.layer\.\d+\.ffn\.dense".into()),
+    )
+    .unwrap();
+    spec.modules_to_save = vec!["classifier".into()];
+    let e = attach(clf, &spec, &dev).err().expect("refused").to_string();
+    assert!(e.contains("matched no linear layer"), "{e}");
+    assert!(
+        e.contains("intermediate.dense"),
+        "names the real modules: {e}"
+    );
+}

@@ -8,14 +8,15 @@
 //! * `peft-roundtrip`: balora adapters loaded by real PEFT, outputs and merges compared.
 //! * `assets`: `balora assets` (downloads/caches the small real assets tests use).
 //! * `docs`: rustdoc with broken intra-doc links denied, the docs/ pages' links, doctests.
-//! * `test`: what CI runs (fmt, workspace tests, conformance on ndarray+flex+wgpu, cuda build, clippy,
-//!   docs).
+//! * `test`: what CI runs, set-up included (a Vulkan driver for wgpu if none, the assets), then fmt,
+//!   workspace tests, conformance on ndarray+flex+wgpu, cuda build, clippy, docs.
 //!
 //! Deliberately light: it depends on no part of burn and only drives cargo.
 
 mod backend;
 mod commands;
 mod util;
+mod vulkan;
 
 use backend::{parse_backends, Backend};
 use clap::{Parser, Subcommand};
@@ -117,9 +118,10 @@ enum Cmd {
         #[arg(long)]
         no_doctests: bool,
     },
-    /// The CI test command: fmt, workspace tests, conformance on ndarray+flex+wgpu, CUDA build, clippy, docs.
+    /// The CI test command, set-up included: a Vulkan driver if none (apt, as root), the assets;
+    /// then fmt, workspace tests, conformance on ndarray+flex+wgpu, CUDA build, clippy, docs.
     Test {
-        /// Skip the wgpu conformance run (e.g. no Vulkan driver on this machine).
+        /// Skip the wgpu conformance run and its Vulkan driver set-up (e.g. no driver can be installed).
         #[arg(long)]
         no_wgpu: bool,
     },

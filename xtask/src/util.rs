@@ -38,9 +38,16 @@ impl Xtask {
         c
     }
 
-    /// Environment for running GPU backends: wgpu wants a writable `XDG_RUNTIME_DIR`.
+    /// Environment for running GPU backends: wgpu wants a writable `XDG_RUNTIME_DIR` (unset or
+    /// not writable: one under the target directory).
     pub fn runtime_env(&self, cmd: &mut Command) -> Result<()> {
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let writable = |dir: &Path| {
+            let probe = dir.join(format!(".xtask-probe-{}", std::process::id()));
+            let ok = std::fs::write(&probe, b"").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            ok
+        };
+        if !std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| writable(Path::new(&d))) {
             let dir = self.target.join("xdg-runtime");
             std::fs::create_dir_all(&dir)?;
             #[cfg(unix)]

@@ -1,8 +1,10 @@
-//! `cargo xtask test`: what CI runs (fmt, workspace tests, conformance on ndarray+flex+wgpu,
-//! the CLI's backend dispatch, CUDA type-check, clippy, docs).
+//! `cargo xtask test`: what CI runs, set-up included (a Vulkan driver for wgpu, the pinned assets),
+//! then fmt, workspace tests, conformance on ndarray+flex+wgpu, the CLI's backend dispatch, CUDA
+//! type-check, clippy, docs.
 
 use crate::backend::Backend;
 use crate::util::{capture, run, show, Xtask};
+use crate::vulkan;
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 use std::time::Instant;
@@ -10,12 +12,23 @@ use std::time::Instant;
 impl Xtask {
     pub fn test(&self, wgpu: bool) -> Result<()> {
         let start = Instant::now();
+        // Set-up, so that this is the whole test command on a fresh machine: a Vulkan driver for
+        // the wgpu checks (installed with apt as root, else one sentence naming the command)…
+        if wgpu {
+            vulkan::ensure_driver()?;
+        }
         run(self.cargo().args(["fmt", "--all", "--check"]))?;
+        // … and the pinned small real assets (`cargo xtask assets`), after which a test that needs
+        // one fails instead of skipping (`BALORA_REQUIRE_ASSETS=1`).
+        self.assets(&[])?;
         // Default features (ndarray): what a new user gets; includes the conformance checks on
         // ndarray and the doctests.
         let fuzz_summary = self.target.join("tmp/fuzz-summary.txt");
         let _ = std::fs::remove_file(&fuzz_summary);
-        run(self.cargo().args(["test", "--workspace"]))?;
+        run(self
+            .cargo()
+            .args(["test", "--workspace"])
+            .env("BALORA_REQUIRE_ASSETS", "1"))?;
         // The bounded fuzz run (balora-fuzz) leaves its per-reader counts here.
         match std::fs::read_to_string(&fuzz_summary) {
             Ok(s) => eprintln!("\n{}", s.trim_end()),

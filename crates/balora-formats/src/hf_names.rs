@@ -1,70 +1,95 @@
-//! A Llama GGUF seen with Hugging Face tensor names and layouts.
+//! A Llama-family GGUF seen with Hugging Face tensor names and layouts: the one GGUF ↔ Hugging
+//! Face name table of the project, and the one place llama.cpp's q/k row permutation is undone.
 
 use crate::error::{examples, FormatError};
 use crate::gguf::GgufFile;
 use crate::{RawTensor, TensorSource};
 use std::path::Path;
 
-/// The Hugging Face name of a llama.cpp Llama tensor name (`blk.3.attn_q.weight` →
-/// `model.layers.3.self_attn.q_proj.weight`), `None` for names outside the Llama set.
-pub fn llama_gguf_to_hf(name: &str) -> Option<String> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+/// Whole-model tensors: (GGUF name, Hugging Face name).
+const FIXED: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer modules: (GGUF `blk.N.<part>`, Hugging Face `model.layers.N.<module>`).
+const LAYER: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Maps `name` through the table: `from` picks the side it is written in (0 GGUF, 1 HF).
+fn map_name(name: &str, from: usize) -> Option<String> {
+    let pick = |p: (&'static str, &'static str)| if from == 0 { p } else { (p.1, p.0) };
+    if let Some((_, to)) = FIXED.into_iter().map(pick).find(|(f, _)| *f == name) {
+        return Some(to.to_string());
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
+    let (prefix, to_prefix) = pick(("blk.", "model.layers."));
+    let (layer, tail) = name.strip_prefix(prefix)?.split_once('.')?;
     layer.parse::<usize>().ok()?;
     let (part, suffix) = tail.rsplit_once('.')?; // suffix: weight / bias
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+    let (_, to) = LAYER.into_iter().map(pick).find(|(f, _)| *f == part)?;
+    Some(format!("{to_prefix}{layer}.{to}.{suffix}"))
 }
 
-/// A Llama-architecture [`GgufFile`] as a [`TensorSource`] with Hugging Face names
-/// (`model.layers.N.self_attn.q_proj.weight`, ...) and layouts: `attn_q`/`attn_k` rows are
-/// un-permuted ([`RawTensor::unpermute_llama_qk`]) so the tensors equal the original HF
-/// checkpoint's (up to quantisation). With tied embeddings there is no `lm_head.weight`.
-/// A model loader can then read GGUF and safetensors checkpoints with one name scheme.
+/// The Hugging Face name of a llama.cpp Llama-family tensor name (`blk.3.attn_q.weight` →
+/// `model.layers.3.self_attn.q_proj.weight`), `None` for names outside the Llama set.
+pub fn llama_gguf_to_hf(name: &str) -> Option<String> {
+    map_name(name, 0)
+}
+
+/// The inverse of [`llama_gguf_to_hf`] (`model.norm.weight` → `output_norm.weight`).
+pub fn llama_hf_to_gguf(name: &str) -> Option<String> {
+    map_name(name, 1)
+}
+
+/// A Llama-family [`GgufFile`] (`general.architecture` `llama`, `mistral` or `qwen2`) as a
+/// [`TensorSource`] with Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, ...) and
+/// layouts: for `llama`/`mistral`, whose q/k rows llama.cpp's converter permutes for ggml's
+/// interleaved RoPE, `attn_q`/`attn_k` weights and biases are un-permuted
+/// ([`RawTensor::unpermute_llama_qk`]) as they are read, so the tensors equal the original HF
+/// checkpoint's (up to quantisation); `qwen2` is stored in HF order (NEOX RoPE) and read as is.
+/// With tied embeddings there is no `lm_head.weight`. A model loader reads GGUF and safetensors
+/// checkpoints with one name scheme and one layout, and nothing downstream knows llama.cpp's.
 pub struct LlamaHfView<'a> {
     file: &'a GgufFile,
-    n_head: usize,
-    n_head_kv: usize,
+    /// `(q heads, kv heads)` when q/k rows are stored permuted.
+    permuted: Option<(usize, usize)>,
     /// (hf name, gguf name) in file order.
     names: Vec<(String, String)>,
 }
 
 impl<'a> LlamaHfView<'a> {
-    /// Checks the architecture (`llama`) and reads the head counts. Tensors whose names are
-    /// outside the Llama set are left out.
+    /// Checks the architecture and reads the head counts. Tensors whose names are outside the
+    /// Llama set are left out.
     pub fn new(file: &'a GgufFile) -> Result<Self, FormatError> {
         let arch = file.architecture()?;
-        if arch != "llama" {
+        if !matches!(arch, "llama" | "mistral" | "qwen2") {
             return Err(FormatError::Invalid {
                 path: file.path().to_path_buf(),
                 what: "metadata `general.architecture`".into(),
-                msg: format!("{arch:?}: Hugging Face names are only mapped for \"llama\""),
+                msg: format!(
+                    "{arch:?}: Hugging Face names are only mapped for \"llama\", \"mistral\", \"qwen2\""
+                ),
             });
         }
-        let n_head = file.arch_u32("attention.head_count")? as usize;
-        let n_head_kv = match file.get("llama.attention.head_count_kv") {
-            Some(_) => file.arch_u32("attention.head_count_kv")? as usize,
-            None => n_head,
+        let permuted = if arch == "qwen2" {
+            None
+        } else {
+            let n_head = file.arch_u32("attention.head_count")? as usize;
+            let n_head_kv = match file.get(&format!("{arch}.attention.head_count_kv")) {
+                Some(_) => file.arch_u32("attention.head_count_kv")? as usize,
+                None => n_head,
+            };
+            Some((n_head, n_head_kv))
         };
         let names = file
             .tensor_infos()
@@ -73,10 +98,22 @@ impl<'a> LlamaHfView<'a> {
             .collect();
         Ok(Self {
             file,
-            n_head,
-            n_head_kv,
+            permuted,
             names,
         })
+    }
+
+    /// The GGUF name of the tensor the Hugging Face name `hf` reads (for messages).
+    pub fn gguf_name(&self, hf: &str) -> Option<&str> {
+        self.names
+            .iter()
+            .find(|(h, _)| h == hf)
+            .map(|(_, g)| g.as_str())
+    }
+
+    /// Whether the file has a tensor for the Hugging Face name `hf`.
+    pub fn contains(&self, hf: &str) -> bool {
+        self.gguf_name(hf).is_some()
     }
 }
 
@@ -90,7 +127,7 @@ impl TensorSource for LlamaHfView<'_> {
     }
 
     fn load(&self, name: &str) -> Result<RawTensor, FormatError> {
-        let Some((_, gguf)) = self.names.iter().find(|(hf, _)| hf == name) else {
+        let Some(gguf) = self.gguf_name(name) else {
             return Err(FormatError::MissingTensor {
                 path: self.file.path().to_path_buf(),
                 tensor: name.to_string(),
@@ -99,12 +136,10 @@ impl TensorSource for LlamaHfView<'_> {
             });
         };
         let mut t = self.file.load(gguf)?;
-        let heads = if gguf.contains(".attn_q.") {
-            Some(self.n_head)
-        } else if gguf.contains(".attn_k.") {
-            Some(self.n_head_kv)
-        } else {
-            None
+        let heads = match self.permuted {
+            Some((q, _)) if gguf.contains(".attn_q.") => Some(q),
+            Some((_, kv)) if gguf.contains(".attn_k.") => Some(kv),
+            _ => None,
         };
         if let Some(h) = heads {
             t.unpermute_llama_qk(h)

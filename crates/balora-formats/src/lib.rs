@@ -7,7 +7,9 @@
 //! * [`SafetensorsFiles`]: one or several `*.safetensors` files (F32/F16/BF16/F64 → f32).
 //! * Both implement [`TensorSource`], which yields [`RawTensor`]s: row-major f32 data in
 //!   PyTorch/HF order (a linear weight is `[out, in]`).
-//! * [`LlamaHfView`]: a Llama GGUF with Hugging Face names and Q/K layout, so one loader
+//! * [`LlamaHfView`]: a Llama-family GGUF with Hugging Face names and Q/K layout (llama.cpp's
+//!   q/k row permutation undone once, here), through the one name table
+//!   ([`llama_gguf_to_hf`], [`llama_hf_to_gguf`]), so one loader
 //!   serves GGUF and safetensors checkpoints.
 //! * [`tokenizer_from_gguf`] builds a `tokenizers::Tokenizer` from GGUF metadata;
 //!   [`load_tokenizer_json`] loads a `tokenizer.json`; [`read_hf_config`] parses `config.json`.
@@ -45,7 +47,7 @@ mod tokenizer;
 pub use config::read_hf_config;
 pub use error::FormatError;
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, MAX_ARRAY_DEPTH, MAX_METADATA_VALUES};
-pub use hf_names::{llama_gguf_to_hf, LlamaHfView};
+pub use hf_names::{llama_gguf_to_hf, llama_hf_to_gguf, LlamaHfView};
 pub use quant::GgmlType;
 pub use safetensors::SafetensorsFiles;
 pub use tokenizer::{load_tokenizer_json, tokenizer_from_gguf, SUPPORTED_PRE};

@@ -1,8 +1,8 @@
 //! safetensors sets, config.json, tokenizer.json and the Llama Q/K un-permutation.
 
 use balora_formats::{
-    llama_gguf_to_hf, load_tokenizer_json, read_hf_config, FormatError, RawTensor,
-    SafetensorsFiles, TensorSource,
+    llama_gguf_to_hf, llama_hf_to_gguf, load_tokenizer_json, read_hf_config, FormatError,
+    RawTensor, SafetensorsFiles, TensorSource,
 };
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -262,7 +262,10 @@ fn llama_names_map_to_hugging_face() {
     ];
     for (g, h) in cases {
         assert_eq!(llama_gguf_to_hf(g).as_deref(), Some(h), "{g}");
+        assert_eq!(llama_hf_to_gguf(h).as_deref(), Some(g), "{h}");
     }
+    assert_eq!(llama_hf_to_gguf("model.layers.x.mlp.up_proj.weight"), None);
+    assert_eq!(llama_hf_to_gguf("model.layers.0.mlp.upproj.weight"), None);
     for g in [
         "rope_freqs.weight",
         "blk.x.attn_q.weight",

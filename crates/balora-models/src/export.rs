@@ -2,7 +2,7 @@
 
 use crate::bert::{BertForSequenceClassification, BertModel};
 use crate::host::AdapterHost;
-use crate::llama::{permute_rows, LlamaForCausalLm};
+use crate::llama::LlamaForCausalLm;
 use crate::weights::to_vec;
 use balora_adapter::LoraLinear;
 use burn::nn::{Embedding, LayerNorm, RmsNorm};
@@ -11,24 +11,12 @@ use burn::tensor::backend::Backend;
 /// `(name, shape, row-major data)`.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-fn linear<B: Backend>(
-    out: &mut Vec<NamedTensor>,
-    path: &str,
-    l: &LoraLinear<B>,
-    inv: Option<&[usize]>,
-) {
+fn linear<B: Backend>(out: &mut Vec<NamedTensor>, path: &str, l: &LoraLinear<B>) {
     let (din, dout) = l.dims();
-    let mut w = to_vec(l.base.weight.val().transpose());
-    if let Some(p) = inv {
-        w = permute_rows(&w, din, p);
-    }
+    let w = to_vec(l.base.weight.val().transpose());
     out.push((format!("{path}.weight"), vec![dout, din], w));
     if let Some(b) = &l.base.bias {
-        let mut bv = to_vec(b.val());
-        if let Some(p) = inv {
-            bv = permute_rows(&bv, 1, p);
-        }
-        out.push((format!("{path}.bias"), vec![dout], bv));
+        out.push((format!("{path}.bias"), vec![dout], to_vec(b.val())));
     }
 }
 
@@ -59,13 +47,13 @@ fn ln<B: Backend>(out: &mut Vec<NamedTensor>, prefix: &str, n: &LayerNorm<B>) {
     }
 }
 
-/// Every weight of a Llama-family model in Hugging Face names and layout (q/k rows restored
-/// to HF order for a GGUF-loaded base). Adapters are not included: merge them first.
+/// Every weight of a Llama-family model in Hugging Face names and layout (the model's own
+/// layout, a GGUF-loaded one included). Adapters are not included: merge them first.
 pub fn llama_hf_tensors<B: Backend>(m: &LlamaForCausalLm<B>) -> Vec<NamedTensor> {
     let mut out = Vec::new();
     emb(&mut out, "model.embed_tokens.weight", &m.model.embed_tokens);
     for (info, l) in m.linears() {
-        linear(&mut out, &info.path, l, info.inverse_perm().as_deref());
+        linear(&mut out, &info.path, l);
     }
     for (i, l) in m.model.layers.iter().enumerate() {
         rms(
@@ -108,7 +96,7 @@ pub fn bert_hf_tensors<B: Backend>(m: &BertModel<B>, prefix: &str) -> Vec<NamedT
         &e.layer_norm,
     );
     for (info, l) in m.linears() {
-        linear(&mut out, &format!("{prefix}{}", info.path), l, None);
+        linear(&mut out, &format!("{prefix}{}", info.path), l);
     }
     for (i, l) in m.encoder.layer.iter().enumerate() {
         let p = format!("{prefix}encoder.layer.{i}");
@@ -133,6 +121,6 @@ pub fn bert_classifier_hf_tensors<B: Backend>(
     m: &BertForSequenceClassification<B>,
 ) -> Vec<NamedTensor> {
     let mut out = bert_hf_tensors(&m.bert, "bert.");
-    linear(&mut out, "classifier", &m.classifier, None);
+    linear(&mut out, "classifier", &m.classifier);
     out
 }

@@ -1,7 +1,7 @@
 //! Enumerating the linear layers of our models under their Hugging Face module names.
 
 use crate::bert::{BertForSequenceClassification, BertModel};
-use crate::llama::{invert_permutation, llama_cpp_permutation, LlamaForCausalLm};
+use crate::llama::LlamaForCausalLm;
 use balora_adapter::LoraLinear;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -15,9 +15,6 @@ pub struct LinearInfo {
     pub layer: Option<usize>,
     /// The model's output layer (LM head or classifier): excluded from `"all-linear"`.
     pub is_head: bool,
-    /// If the model stores this layer's output rows in a different order than Hugging Face
-    /// (llama.cpp's q/k permutation): `model_row[i] = hf_row[perm[i]]`.
-    pub out_perm: Option<Vec<usize>>,
 }
 
 impl LinearInfo {
@@ -26,12 +23,7 @@ impl LinearInfo {
             path,
             layer,
             is_head: false,
-            out_perm: None,
         }
-    }
-    /// The permutation that maps model rows back to Hugging Face rows: `hf_row[i] = model_row[inv[i]]`.
-    pub fn inverse_perm(&self) -> Option<Vec<usize>> {
-        self.out_perm.as_deref().map(invert_permutation)
     }
 }
 
@@ -87,17 +79,12 @@ impl<B: Backend> AdapterHost<B> for LlamaForCausalLm<B> {
 
 fn llama_infos<B: Backend>(m: &LlamaForCausalLm<B>) -> Vec<LinearInfo> {
     let mut v = Vec::new();
-    let interleaved = m.rope_interleaved;
     for i in 0..m.model.layers.len() {
         for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            let mut info = LinearInfo::new(format!("model.layers.{i}.self_attn.{name}"), Some(i));
-            if interleaved && name == "q_proj" {
-                info.out_perm = Some(llama_cpp_permutation(m.num_heads, m.head_dim));
-            }
-            if interleaved && name == "k_proj" {
-                info.out_perm = Some(llama_cpp_permutation(m.num_kv_heads, m.head_dim));
-            }
-            v.push(info);
+            v.push(LinearInfo::new(
+                format!("model.layers.{i}.self_attn.{name}"),
+                Some(i),
+            ));
         }
         for name in ["gate_proj", "up_proj", "down_proj"] {
             v.push(LinearInfo::new(

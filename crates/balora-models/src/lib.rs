@@ -1,12 +1,12 @@
 //! Transformer families in burn with LoRA-ready linear layers, and the traits the trainer
 //! uses to train any of them.
 //!
-//! * [`llama`]: Llama 2/3, Mistral, Qwen2, SmolLM2 (RMSNorm, RoPE in HF or GGUF layout, GQA,
-//!   SwiGLU, tied/untied head, KV cache); [`bert`]: BERT / MiniLM encoders and a classifier.
-//! * [`load`]: models from GGUF files or Hugging Face folders (through `balora-formats`).
+//! * [`llama`]: Llama 2/3, Mistral, Qwen2, SmolLM2 (RMSNorm, RoPE, GQA, SwiGLU, tied/untied
+//!   head, KV cache); [`bert`]: BERT / MiniLM encoders and a classifier.
+//! * [`load`]: models from GGUF files or Hugging Face folders (through `balora-formats`); every
+//!   model is in Hugging Face layout (a GGUF's q/k rows are un-permuted once, as it is read).
 //! * [`surgery`]: PEFT-style target selection ([`attach`]), trainable summary, [`merge_all`].
-//! * [`peft`]: `adapter_model.safetensors` + `adapter_config.json` in PEFT's names and layout
-//!   (q/k adapters of a GGUF base are mapped to Hugging Face's row order).
+//! * [`peft`]: `adapter_model.safetensors` + `adapter_config.json` in PEFT's names and layout.
 //! * [`balance`]: re-factor a saved adapter onto the balanced manifold; [`generate`]: decoding.
 //! * [`validate`]: model settings and tensors checked against each other before allocating.
 
@@ -28,7 +28,7 @@ pub use balora_adapter::{AdapterInit, LoraConfig, ModuleSelector, Patterns};
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel, Pooling};
 pub use error::ModelError;
 pub use host::{AdapterHost, LinearInfo};
-pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm, RopeLayout};
+pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm};
 pub use peft::LayerSelector;
 pub use surgery::{attach, merge_all, unmerge_all, TrainableSummary};
 pub use weights::{MemWeights, Weights};

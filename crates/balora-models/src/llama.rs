@@ -1,6 +1,7 @@
 //! The Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2): RMSNorm, RoPE (Hugging Face
-//! rotate-half or GGUF interleaved pairs), grouped-query attention, SwiGLU MLP, tied or untied
-//! head, causal + padding masks, KV cache.
+//! rotate-half), grouped-query attention, SwiGLU MLP, tied or untied head, causal + padding
+//! masks, KV cache. Weights are always in Hugging Face layout: a GGUF's q/k rows are
+//! un-permuted as the file is read ([`balora_formats::LlamaHfView`]).
 
 use crate::weights::{frozen, load_embedding, load_lora_linear, load_rms, Weights};
 use crate::{CausalLm, ModelError};
@@ -10,16 +11,6 @@ use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use serde_json::Value;
-
-/// How RoPE pairs the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeLayout {
-    /// Hugging Face: dimension `i` pairs with `i + head_dim/2` ("rotate half").
-    HalfSplit,
-    /// GGUF / llama.cpp (`llama` arch): dimensions `2i` and `2i+1` form a pair. llama.cpp's
-    /// converter permutes the q/k rows so that this equals the HF computation.
-    Interleaved,
-}
 
 /// Hyper-parameters of a Llama-family model.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,8 +41,6 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections have biases (Qwen2).
     pub qkv_bias: bool,
-    /// RoPE pairing of the loaded q/k weights.
-    pub rope_layout: RopeLayout,
 }
 
 impl LlamaConfig {
@@ -71,7 +60,6 @@ impl LlamaConfig {
             max_position: 128,
             tie_word_embeddings: true,
             qkv_bias: false,
-            rope_layout: RopeLayout::HalfSplit,
         }
     }
 
@@ -175,7 +163,6 @@ impl LlamaConfig {
                 .unwrap_or(false),
             qkv_bias: arch == "qwen2"
                 || v.get("attention_bias").and_then(Value::as_bool) == Some(true),
-            rope_layout: RopeLayout::HalfSplit,
         };
         cfg.validate(origin, &|k| k.to_string())?;
         Ok(cfg)
@@ -224,13 +211,6 @@ impl LlamaConfig {
             max_position: num(&format!("{arch}.context_length")).unwrap_or(4096.0) as usize,
             tie_word_embeddings: tied,
             qkv_bias: arch == "qwen2",
-            // llama.cpp permutes q/k rows for the `llama` arch (NORM rope); qwen2 uses NEOX
-            // rope, i.e. the HF layout, and is stored unpermuted.
-            rope_layout: if arch == "qwen2" {
-                RopeLayout::HalfSplit
-            } else {
-                RopeLayout::Interleaved
-            },
         };
         cfg.validate(origin, &|k| crate::validate::gguf_key(arch, k))?;
         Ok(cfg)
@@ -268,39 +248,6 @@ impl LlamaConfig {
             })
             .collect()
     }
-}
-
-/// Row order that llama.cpp's converter applies to q (`n_heads`) and k (`n_kv_heads`) weights:
-/// `interleaved_row[i] = hf_row[perm[i]]`.
-pub fn llama_cpp_permutation(n_heads: usize, head_dim: usize) -> Vec<usize> {
-    let half = head_dim / 2;
-    let mut p = Vec::with_capacity(n_heads * head_dim);
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                p.push(h * head_dim + j * half + i);
-            }
-        }
-    }
-    p
-}
-
-/// Reorders the rows of a row-major `[rows, cols]` matrix: `out[i] = m[perm[i]]`.
-pub fn permute_rows(m: &[f32], cols: usize, perm: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(m.len());
-    for &src in perm {
-        out.extend_from_slice(&m[src * cols..(src + 1) * cols]);
-    }
-    out
-}
-
-/// The inverse of a permutation.
-pub fn invert_permutation(p: &[usize]) -> Vec<usize> {
-    let mut inv = vec![0; p.len()];
-    for (i, &s) in p.iter().enumerate() {
-        inv[s] = i;
-    }
-    inv
 }
 
 /// Attention block (PEFT module names `q_proj`, `k_proj`, `v_proj`, `o_proj`).
@@ -359,7 +306,7 @@ pub struct LlamaForCausalLm<B: Backend> {
     /// Untied head (`None`: tied to `model.embed_tokens`).
     pub lm_head: Option<LoraLinear<B>>,
     /// `[max_position, head_dim]` RoPE cos table, each pair's angle at both of its dimensions
-    /// (in the layout of [`Self::rope_layout`]).
+    /// (dimension `i` pairs with `i + head_dim/2`).
     pub rope_cos: Tensor<B, 2>,
     /// `[max_position, head_dim]` RoPE sin table, laid out like `rope_cos`.
     pub rope_sin: Tensor<B, 2>,
@@ -372,8 +319,6 @@ pub struct LlamaForCausalLm<B: Backend> {
     pub num_kv_heads: usize,
     /// Head dimension.
     pub head_dim: usize,
-    /// RoPE pairs adjacent dimensions ([`RopeLayout::Interleaved`]) instead of halves.
-    pub rope_interleaved: bool,
     /// Tied head: a contiguous `[d, vocab]` copy of the embedding matrix (speed; the embedding
     /// is frozen).
     pub tied_head: Option<Tensor<B, 2>>,
@@ -475,15 +420,14 @@ impl<B: Backend> LlamaForCausalLm<B> {
         let (hd, half) = (cfg.head_dim, cfg.head_dim / 2);
         let inv = cfg.inv_freq();
         let n = cfg.max_position.max(1);
-        // Dimension `j` of a head belongs to pair `pair(j)`, and `(x·R)[j] = sign(j)·x[partner(j)]`.
-        let interleaved = cfg.rope_layout == RopeLayout::Interleaved;
-        let pair = |j: usize| if interleaved { j / 2 } else { j % half };
+        // Dimension `j` of a head belongs to pair `j % half` (rotate-half), and
+        // `(x·R)[j] = sign(j)·x[partner(j)]`.
+        let pair = |j: usize| j % half;
         let partner = |j: usize| -> (usize, f32) {
-            match (interleaved, j) {
-                (true, j) if j % 2 == 0 => (j + 1, -1.0),
-                (true, j) => (j - 1, 1.0),
-                (false, j) if j < half => (j + half, -1.0),
-                (false, j) => (j - half, 1.0),
+            if j < half {
+                (j + half, -1.0)
+            } else {
+                (j - half, 1.0)
             }
         };
         let mut cos = Vec::with_capacity(n * hd);
@@ -509,13 +453,13 @@ impl<B: Backend> LlamaForCausalLm<B> {
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
-            rope_interleaved: cfg.rope_layout == RopeLayout::Interleaved,
             tied_head,
         }
     }
 
     /// Loads weights named like Hugging Face (`model.layers.0.self_attn.q_proj.weight`), from
-    /// any [`Weights`] source. Use [`gguf_to_hf_name`] to read GGUF names.
+    /// any [`Weights`] source in Hugging Face layout (a GGUF through
+    /// [`crate::load::load_llama_gguf`], which un-permutes its q/k rows).
     pub fn load(
         cfg: &LlamaConfig,
         w: &dyn Weights,
@@ -580,15 +524,6 @@ impl<B: Backend> LlamaForCausalLm<B> {
             )?)
         };
         Ok(Self::assemble(cfg, model, lm_head, device))
-    }
-
-    /// RoPE pairing of this model's q/k weights.
-    pub fn rope_layout(&self) -> RopeLayout {
-        if self.rope_interleaved {
-            RopeLayout::Interleaved
-        } else {
-            RopeLayout::HalfSplit
-        }
     }
 
     /// Number of decoder layers.
@@ -777,56 +712,13 @@ impl<B: Backend> CausalLm<B> for LlamaForCausalLm<B> {
     }
 }
 
-/// Maps a GGUF tensor name of the Llama family to its Hugging Face name (one mapping for the
-/// whole project: [`balora_formats::llama_gguf_to_hf`]).
+/// Maps a GGUF tensor name of the Llama family to its Hugging Face name (the one table of the
+/// project: [`balora_formats::llama_gguf_to_hf`]).
 pub fn gguf_to_hf_name(name: &str) -> Option<String> {
     balora_formats::llama_gguf_to_hf(name)
 }
 
-/// The inverse of [`gguf_to_hf_name`].
+/// The inverse of [`gguf_to_hf_name`] ([`balora_formats::llama_hf_to_gguf`]).
 pub fn hf_to_gguf_name(name: &str) -> Option<String> {
-    let direct = match name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(d) = direct {
-        return Some(d.to_string());
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let (module, kind) = tail.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{kind}"))
-}
-
-/// Presents a GGUF-named source under Hugging Face names.
-pub struct GgufAsHf<'a>(pub &'a dyn Weights);
-
-impl Weights for GgufAsHf<'_> {
-    fn origin(&self) -> String {
-        self.0.origin()
-    }
-    fn contains(&self, name: &str) -> bool {
-        hf_to_gguf_name(name).is_some_and(|g| self.0.contains(&g))
-    }
-    fn fetch(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let g = hf_to_gguf_name(name).ok_or_else(|| ModelError::MissingTensor {
-            file: self.0.origin(),
-            tensor: name.to_string(),
-        })?;
-        self.0.fetch(&g)
-    }
+    balora_formats::llama_hf_to_gguf(name)
 }

@@ -2,13 +2,13 @@
 //! folders (`config.json` + `*.safetensors` [+ `tokenizer.json`]).
 
 use crate::bert::{BertConfig, BertModel};
-use crate::llama::{GgufAsHf, LlamaConfig, LlamaForCausalLm};
+use crate::llama::{LlamaConfig, LlamaForCausalLm};
 use crate::validate::{check_finite, check_layer_count};
 use crate::weights::Weights;
 use crate::ModelError;
 use balora_formats::{
-    load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgufFile, SafetensorsFiles,
-    TensorSource,
+    load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgufFile, LlamaHfView,
+    SafetensorsFiles, TensorSource,
 };
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,32 @@ impl Weights for SourceWeights<'_> {
         }
         let t = self.0.load(name).map_err(|e| fmt_err(self.0.path(), e))?;
         check_finite(&self.origin(), name, &t.shape, &t.data)?;
+        Ok((t.shape, t.data))
+    }
+}
+
+/// A Llama-family GGUF seen as [`Weights`] in Hugging Face names and layout: the one place
+/// llama.cpp's q/k row permutation is undone ([`LlamaHfView`]), so the model, its adapters and
+/// every file written from it are in Hugging Face layout. Messages name the GGUF tensor (the
+/// name in the file); every tensor is checked to be finite as in [`SourceWeights`].
+struct GgufWeights<'a>(LlamaHfView<'a>);
+
+impl Weights for GgufWeights<'_> {
+    fn origin(&self) -> String {
+        self.0.path().display().to_string()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+    fn fetch(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        let Some(gguf) = self.0.gguf_name(name) else {
+            return Err(ModelError::MissingTensor {
+                file: self.origin(),
+                tensor: crate::llama::hf_to_gguf_name(name).unwrap_or_else(|| name.to_string()),
+            });
+        };
+        let t = self.0.load(name).map_err(|e| fmt_err(self.0.path(), e))?;
+        check_finite(&self.origin(), gguf, &t.shape, &t.data)?;
         Ok((t.shape, t.data))
     }
 }
@@ -100,7 +126,7 @@ pub fn load_causal_lm<B: Backend>(
     }
 }
 
-/// Loads a Llama-family GGUF (q/k rows kept in llama.cpp's order; interleaved RoPE).
+/// Loads a Llama-family GGUF, in Hugging Face layout (q/k rows un-permuted as they are read).
 pub fn load_llama_gguf<B: Backend>(
     path: &Path,
     device: &B::Device,
@@ -131,8 +157,8 @@ pub fn load_llama_gguf<B: Backend>(
     )?;
     let tokenizer = tokenizer_from_gguf(&file).map_err(|e| fmt_err(path, e))?;
     check_tokenizer_vocab(&tokenizer, config.vocab_size, path, "tokenizer.ggml.tokens")?;
-    let src = SourceWeights(&file);
-    let model = LlamaForCausalLm::load(&config, &GgufAsHf(&src), device)?;
+    let view = LlamaHfView::new(&file).map_err(|e| fmt_err(path, e))?;
+    let model = LlamaForCausalLm::load(&config, &GgufWeights(view), device)?;
     let eos_ids = file
         .get("tokenizer.ggml.eos_token_id")
         .and_then(|v| v.as_int())

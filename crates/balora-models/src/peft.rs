@@ -1,12 +1,9 @@
 //! PEFT-compatible adapter files: `adapter_model.safetensors` + `adapter_config.json`, with
 //! PEFT's key names (`base_model.model.<module>.lora_A.weight` `[r, in]`, `lora_B.weight`
-//! `[out, r]`) and config fields.
-//!
-//! For a Llama base loaded from GGUF (q/k rows permuted by llama.cpp), the q/k `lora_B` rows are
-//! mapped to Hugging Face's order on save and back on load, so files are always HF-layout.
+//! `[out, r]`) and config fields. Every model is in Hugging Face layout (a GGUF's q/k rows are
+//! un-permuted at load), so the factors are written and read as they are.
 
 use crate::host::AdapterHost;
-use crate::llama::permute_rows;
 use crate::st::{read_safetensors, write_atomic, write_safetensors};
 use crate::surgery::{layer_adapter, unfreeze};
 use crate::weights::{to_vec, Weights};
@@ -83,14 +80,10 @@ pub fn adapter_tensors<B: Backend, M: AdapterHost<B>>(
     let mut out = Vec::new();
     for (info, l) in model.linears() {
         let pre = peft_prefix(&info.path);
-        let inv = info.inverse_perm();
         if let Some(a) = &l.adapter {
             let [r, din] = a.lora_a.dims();
             let [dout, _] = a.lora_b.dims();
-            let mut b = to_vec(a.lora_b.val());
-            if let Some(inv) = &inv {
-                b = permute_rows(&b, r, inv);
-            }
+            let b = to_vec(a.lora_b.val());
             out.push((
                 format!("{pre}.lora_A.weight"),
                 vec![r, din],
@@ -103,17 +96,10 @@ pub fn adapter_tensors<B: Backend, M: AdapterHost<B>>(
             .any(|s| info.path == *s || info.path.ends_with(&format!(".{s}")))
         {
             let (din, dout) = l.dims();
-            let mut w = to_vec(l.base.weight.val().transpose());
-            if let Some(inv) = &inv {
-                w = permute_rows(&w, din, inv);
-            }
+            let w = to_vec(l.base.weight.val().transpose());
             out.push((format!("{pre}.weight"), vec![dout, din], w));
             if let Some(bias) = &l.base.bias {
-                let mut bv = to_vec(bias.val());
-                if let Some(inv) = &inv {
-                    bv = permute_rows(&bv, 1, inv);
-                }
-                out.push((format!("{pre}.bias"), vec![dout], bv));
+                out.push((format!("{pre}.bias"), vec![dout], to_vec(bias.val())));
             }
         }
     }
@@ -212,10 +198,6 @@ pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
             }
             // A file may hold adapters for modules its config does not target; PEFT loads
             // them anyway, and so do we.
-            let b = match &info.out_perm {
-                Some(p) => permute_rows(&b, r, p),
-                None => b,
-            };
             *l = attach_factors(
                 l.clone(),
                 tensor2(a, [r, din], device),
@@ -241,10 +223,6 @@ pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
                 ));
             }
             let data = crate::weights::fetch_checked(w, &kw, &[dout, din])?;
-            let data = match &info.out_perm {
-                Some(p) => permute_rows(&data, din, p),
-                None => data,
-            };
             let mut base = l.base.clone();
             base.weight =
                 crate::weights::frozen(tensor2::<B>(data, [dout, din], device).transpose());
@@ -252,10 +230,6 @@ pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
             let kbias = format!("{pre}.bias");
             if w.contains(&kbias) {
                 let bd = crate::weights::fetch_checked(w, &kbias, &[dout])?;
-                let bd = match &info.out_perm {
-                    Some(p) => permute_rows(&bd, 1, p),
-                    None => bd,
-                };
                 base.bias = Some(crate::weights::frozen(Tensor::from_data(
                     TensorData::new(bd, [dout]),
                     device,

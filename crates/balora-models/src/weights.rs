@@ -109,7 +109,6 @@ pub(crate) fn tensor1<B: Backend>(data: Vec<f32>, n: usize, dev: &B::Device) -> 
 }
 
 /// A frozen linear layer from an HF `[out, in]` weight (and optional `[out]` bias).
-/// `row_perm` reorders output rows (used for llama.cpp's q/k permutation).
 pub(crate) fn linear_from(
     w: &dyn Weights,
     weight: &str,

@@ -346,7 +346,7 @@ fn targets_matching_nothing_are_an_error_even_with_modules_to_save() {
     )
     .unwrap();
     spec.modules_to_save = vec!["classifier".into()];
-    let e = attach(clf, &spec, &dev).err().expect("refused").to_string();
+    let e = attach(clf, &spec, &dev).expect_err("refused").to_string();
     assert!(e.contains("matched no linear layer"), "{e}");
     assert!(
         e.contains("intermediate.dense"),

@@ -1,14 +1,14 @@
 //! Llama family on tiny random models against a naive f64 reference written here.
 
 mod common;
-use balora_models::llama::{
-    gguf_to_hf_name, hf_to_gguf_name, llama_cpp_permutation, permute_rows, GgufAsHf,
-};
+use balora_formats::{GgufFile, TensorSource};
+use balora_models::llama::{gguf_to_hf_name, hf_to_gguf_name};
+use balora_models::load::load_llama_gguf;
 use balora_models::peft::{load_adapter, save_adapter, AdapterMeta};
 use balora_models::weights::to_vec;
 use balora_models::{
     attach, merge_all, unmerge_all, CausalLm, KvCache, LlamaConfig, LlamaForCausalLm, LoraConfig,
-    MemWeights, ModelError, ModuleSelector, RopeLayout,
+    MemWeights, ModelError, ModuleSelector,
 };
 use burn::backend::NdArray;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -61,56 +61,112 @@ fn logits_match_naive_reference_llama_and_qwen2() {
     }
 }
 
-/// llama.cpp permutes q/k rows for its interleaved RoPE; loading those with interleaved RoPE
-/// must give the HF logits.
-fn gguf_style(t: &TinyLlama, w: &MemWeights) -> MemWeights {
-    let mut g = MemWeights::new("tiny.gguf");
-    for (name, (shape, data)) in &w.tensors {
-        let mut data = data.clone();
-        if name.contains("q_proj.weight") {
-            data = permute_rows(&data, t.d, &llama_cpp_permutation(t.nh, t.hd));
-        }
-        if name.contains("k_proj.weight") {
-            data = permute_rows(&data, t.d, &llama_cpp_permutation(t.nkv, t.hd));
-        }
-        g.insert(hf_to_gguf_name(name).unwrap(), shape.clone(), data);
-    }
-    g
+/// The tiny Llama GGUF of the fuzz corpus (2 heads, 1 KV head, head_dim 4, tied embeddings).
+fn tiny_gguf() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../balora-fuzz/corpus/gguf/tiny_llama.gguf")
 }
 
-fn load_gguf_style(t: &TinyLlama, g: &MemWeights) -> LlamaForCausalLm<B> {
-    let mut cfg = LlamaConfig::from_hf_json(&t.json(), "config.json").unwrap();
-    cfg.rope_layout = RopeLayout::Interleaved;
-    LlamaForCausalLm::load(&cfg, &GgufAsHf(g), &Default::default()).unwrap()
+/// llama.cpp's converter stores HF row `h·d + t·d/2 + j` of q/k at row `h·d + 2j + t`; written
+/// here from that rule, independently of the loader: `hf[h·d + t·d/2 + j] = gguf[h·d + 2j + t]`.
+fn unpermute_here(gguf: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let d = gguf.len() / cols / heads;
+    let mut hf = vec![0.0; gguf.len()];
+    for h in 0..heads {
+        for t in 0..2 {
+            for j in 0..d / 2 {
+                let (dst, src) = (h * d + t * d / 2 + j, h * d + 2 * j + t);
+                hf[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&gguf[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    hf
+}
+
+/// The GGUF's tensors under HF names; q/k rows un-permuted here when `unpermute`.
+fn gguf_as_hf_here(unpermute: bool) -> MemWeights {
+    let f = GgufFile::open(tiny_gguf()).unwrap();
+    let mut w = MemWeights::new("tiny_llama.gguf");
+    for name in f.names() {
+        let t = f.load(&name).unwrap();
+        let heads = [(".attn_q.", 2), (".attn_k.", 1)]
+            .into_iter()
+            .find(|(p, _)| name.contains(p));
+        let data = match heads {
+            Some((_, h)) if unpermute => unpermute_here(&t.data, h, t.shape[1]),
+            _ => t.data,
+        };
+        w.insert(gguf_to_hf_name(&name).unwrap(), t.shape, data);
+    }
+    w
+}
+
+/// A GGUF loads in Hugging Face layout: llama.cpp's q/k row permutation is undone once, at
+/// load, so the model computes the HF logits with HF (rotate-half) RoPE and its q/k weights
+/// are the HF rows — what PEFT adapters, merge and export see.
+/// Token ids within [`tiny_gguf`]'s 16-token vocabulary.
+const GGUF_PROMPT: [usize; 6] = [3, 1, 15, 7, 0, 9];
+
+/// The shapes of [`tiny_gguf`].
+fn tiny_gguf_shape() -> TinyLlama {
+    TinyLlama {
+        vocab: 16,
+        d: 8,
+        ff: 16,
+        layers: 1,
+        nh: 2,
+        nkv: 1,
+        hd: 4,
+        qkv_bias: false,
+        tied: true,
+    }
+}
+
+fn gguf_model() -> LlamaForCausalLm<B> {
+    load_llama_gguf::<B>(&tiny_gguf(), &Default::default())
+        .unwrap()
+        .model
 }
 
 #[test]
-fn gguf_permuted_weights_with_interleaved_rope_match_hf() {
-    let t = tiny(false, true);
-    let w = t.weights(11);
-    let g = gguf_style(&t, &w);
-    let hf = to_vec(load(&t, &w).forward_logits(ids(&PROMPT), None));
-    let gg = to_vec(load_gguf_style(&t, &g).forward_logits(ids(&PROMPT), None));
-    let want: Vec<f64> = llama_reference(&t, &w, &PROMPT).concat();
-    assert!(max_abs_diff(&gg, &want) < 1e-4);
-    assert!(max_abs_diff(&hf, &want) < 1e-4);
-    // Interleaved RoPE on HF-order weights is a different model: the check can fail.
-    let mut cfg = LlamaConfig::from_hf_json(&t.json(), "c").unwrap();
-    cfg.rope_layout = RopeLayout::Interleaved;
-    let wrong = to_vec(
-        LlamaForCausalLm::<B>::load(&cfg, &w, &Default::default())
-            .unwrap()
-            .forward_logits(ids(&PROMPT), None),
+fn gguf_loads_in_hugging_face_layout() {
+    let t = tiny_gguf_shape();
+    let lm = load_llama_gguf::<B>(&tiny_gguf(), &Default::default()).unwrap();
+    let prompt = GGUF_PROMPT;
+    let got = to_vec(lm.model.forward_logits(ids(&prompt), None));
+    let hf = gguf_as_hf_here(true);
+    let want: Vec<f64> = llama_reference(&t, &hf, &prompt).concat();
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < 1e-4, "GGUF vs HF reference: max |Δ| = {diff}");
+    // The q/k weights in the model are the HF rows (burn stores [in, out]).
+    let q = to_vec(
+        lm.model.model.layers[0]
+            .self_attn
+            .q_proj
+            .base
+            .weight
+            .val()
+            .transpose(),
     );
-    assert!(max_abs_diff(&wrong, &want) > 1e-2);
+    assert_eq!(q, hf.tensors["model.layers.0.self_attn.q_proj.weight"].1);
+    // The permutation matters for this file: the rows as stored give other logits.
+    let raw = llama_reference(&t, &gguf_as_hf_here(false), &prompt).concat();
+    assert!(max_abs_diff(&got, &raw) > 1e-3);
     for n in [
         "blk.3.attn_q.weight",
+        "blk.0.attn_k.bias",
         "token_embd.weight",
         "output.weight",
+        "output_norm.weight",
         "blk.0.ffn_down.weight",
     ] {
         assert_eq!(hf_to_gguf_name(&gguf_to_hf_name(n).unwrap()).unwrap(), n);
     }
+    assert_eq!(
+        hf_to_gguf_name("model.layers.0.self_attn.qproj.weight"),
+        None
+    );
 }
 
 #[test]
@@ -191,9 +247,8 @@ fn merge_unmerge_parity() {
 
 #[test]
 fn gguf_base_adapter_is_saved_in_hf_layout() {
-    let t = tiny(false, true);
-    let w = t.weights(21);
-    let g = gguf_style(&t, &w);
+    let t = tiny_gguf_shape();
+    let w = gguf_as_hf_here(true);
     let dev = Default::default();
     let spec = LoraConfig::new(
         2,
@@ -201,21 +256,21 @@ fn gguf_base_adapter_is_saved_in_hf_layout() {
         ModuleSelector::List(vec!["q_proj".into(), "k_proj".into(), "v_proj".into()]),
     )
     .unwrap();
-    let (m, _) = attach(load_gguf_style(&t, &g), &spec, &dev).unwrap();
+    let (m, _) = attach(gguf_model(), &spec, &dev).unwrap();
     let m = randomize_b(m);
-    let gguf_logits = to_vec(m.forward_logits(ids(&PROMPT), None));
+    let gguf_logits = to_vec(m.forward_logits(ids(&GGUF_PROMPT), None));
     let dir = std::env::temp_dir().join(format!("balora-gguf-adapter-{}", std::process::id()));
     save_adapter(&m, &spec, &AdapterMeta::default(), &dir).unwrap();
     // The saved file applied to the HF-layout base gives the same model.
     let (hf, _) = load_adapter(load(&t, &w), &dir, &dev).unwrap();
-    let hf_logits: Vec<f64> = to_vec(hf.forward_logits(ids(&PROMPT), None))
+    let hf_logits: Vec<f64> = to_vec(hf.forward_logits(ids(&GGUF_PROMPT), None))
         .iter()
         .map(|&x| x as f64)
         .collect();
     assert!(max_abs_diff(&gguf_logits, &hf_logits) < 1e-4);
-    // Reloading into the GGUF-layout base round-trips too.
-    let (back, _) = load_adapter(load_gguf_style(&t, &g), &dir, &dev).unwrap();
-    let back_logits = to_vec(back.forward_logits(ids(&PROMPT), None));
+    // Reloading into the GGUF base round-trips too.
+    let (back, _) = load_adapter(gguf_model(), &dir, &dev).unwrap();
+    let back_logits = to_vec(back.forward_logits(ids(&GGUF_PROMPT), None));
     assert!(max_abs_diff(&back_logits, &hf_logits) < 1e-4);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -265,11 +320,10 @@ fn loader_errors_name_file_tensor_and_shape() {
 #[test]
 fn export_restores_hf_names_and_layout_and_merges() {
     use balora_models::export::llama_hf_tensors;
-    let t = tiny(false, true);
-    let w = t.weights(31);
-    let g = gguf_style(&t, &w);
-    // Unadapted GGUF-layout model exports exactly the HF checkpoint.
-    let exported = llama_hf_tensors(&load_gguf_style(&t, &g));
+    let t = tiny_gguf_shape();
+    let w = gguf_as_hf_here(true);
+    // An unadapted GGUF model exports exactly the HF checkpoint.
+    let exported = llama_hf_tensors(&gguf_model());
     assert_eq!(exported.len(), w.tensors.len());
     for (name, shape, data) in &exported {
         let (s, d) = &w.tensors[name];
@@ -278,9 +332,9 @@ fn export_restores_hf_names_and_layout_and_merges() {
     }
     // Merged adapters: the exported HF checkpoint reproduces the adapted model's logits.
     let spec = LoraConfig::new(2, 4.0, ModuleSelector::Regex("all-linear".into())).unwrap();
-    let (m, _) = attach(load_gguf_style(&t, &g), &spec, &Default::default()).unwrap();
+    let (m, _) = attach(gguf_model(), &spec, &Default::default()).unwrap();
     let m = randomize_b(m);
-    let want: Vec<f64> = to_vec(m.forward_logits(ids(&PROMPT), None))
+    let want: Vec<f64> = to_vec(m.forward_logits(ids(&GGUF_PROMPT), None))
         .iter()
         .map(|&x| x as f64)
         .collect();
@@ -288,7 +342,7 @@ fn export_restores_hf_names_and_layout_and_merges() {
     for (n, s, d) in llama_hf_tensors(&merge_all(m)) {
         merged.insert(n, s, d);
     }
-    let got = to_vec(load(&t, &merged).forward_logits(ids(&PROMPT), None));
+    let got = to_vec(load(&t, &merged).forward_logits(ids(&GGUF_PROMPT), None));
     assert!(max_abs_diff(&got, &want) < 1e-4);
 }
 

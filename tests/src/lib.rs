@@ -13,6 +13,10 @@
 pub mod checks;
 pub mod reference;
 
+// Every plugin under plugins/ (optimizers and manifolds), so that the per-registered-plugin
+// checks run each of them on every backend.
+extern crate balora_plugins;
+
 use serde::Serialize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;

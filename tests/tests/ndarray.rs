@@ -25,10 +25,32 @@ fn optimizers() {
         .into_iter()
         .filter(|n| n.starts_with("optimizer:"))
         .collect();
-    assert!(
-        names.len() >= 3,
-        "expected the built-in optimizers, got {names:?}"
-    );
+    for want in [
+        "optimizer:adamw",
+        "optimizer:loraplus",
+        "optimizer:riemannian",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    for n in names {
+        check(&n);
+    }
+}
+
+/// Every registered manifold (built-in and plugins), one row each.
+#[test]
+fn manifolds() {
+    let names: Vec<String> = balora_conformance::check_names()
+        .into_iter()
+        .filter(|n| n.starts_with("manifold:"))
+        .collect();
+    for want in [
+        "manifold:balanced",
+        "manifold:unconstrained",
+        "manifold:orthonormal",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
     for n in names {
         check(&n);
     }
@@ -71,7 +93,9 @@ fn every_check_is_covered_here() {
     ];
     for n in balora_conformance::check_names() {
         assert!(
-            n.starts_with("optimizer:") || covered.contains(&n.as_str()),
+            n.starts_with("optimizer:")
+                || n.starts_with("manifold:")
+                || covered.contains(&n.as_str()),
             "check `{n}` has no #[test] in tests/tests/ndarray.rs"
         );
     }

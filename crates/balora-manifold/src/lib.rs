@@ -10,7 +10,9 @@
 //!
 //! Shipped manifolds: [`Unconstrained`] (plain LoRA: nothing happens) and
 //! [`balanced::Balanced`] (BaLoRA: `BᵀB = AAᵀ`). More can be registered from any crate with
-//! [`inventory::submit!`] and a [`ManifoldEntry`]; look them up with [`build_manifold`].
+//! [`register_manifold!`]; look them up with [`build_manifold`]. The registry is the generic
+//! [`Registry`] (shared with the optimizers of `balora-optim`), which refuses a name registered
+//! by two crates.
 //!
 //! ```
 //! use balora_manifold::{build_manifold, Options, PairGrams};
@@ -29,11 +31,16 @@ pub mod balanced;
 pub mod diagnostics;
 pub mod linalg;
 mod options;
-mod registry;
+pub mod registry;
 
 pub use diagnostics::{diagnose, PairDiagnostics};
 pub use options::{OptionDoc, OptionValue, Options, OptionsError};
-pub use registry::{build_manifold, manifold_entries, ManifoldEntry};
+#[doc(hidden)]
+pub use registry::ManifoldEntry;
+pub use registry::{
+    build_manifold, manifold_entries, Kind, ManifoldPlugin, Manifolds, PluginEntry, Registry,
+    RegistryError,
+};
 
 pub use nalgebra::DMatrix;
 
@@ -51,6 +58,9 @@ pub enum ManifoldError {
     /// Invalid option value.
     #[error(transparent)]
     Options(#[from] OptionsError),
+    /// The registry is inconsistent (a name registered by two crates).
+    #[error(transparent)]
+    Registry(RegistryError),
     /// Gram matrices that are not r×r, not symmetric, or not finite.
     #[error("invalid Gram matrices: {0}")]
     BadGrams(String),
@@ -194,16 +204,14 @@ impl Manifold for Unconstrained {
     }
 }
 
-inventory::submit! {
-    ManifoldEntry {
-        name: "unconstrained",
-        description: "plain LoRA: factors are left as the optimizer made them",
-        options: &[],
-        build: |opts| {
-            opts.reject_unknown("manifold.unconstrained", &[])?;
-            Ok(Box::new(Unconstrained))
-        },
-    }
+crate::register_manifold! {
+    name: "unconstrained",
+    description: "plain LoRA: factors are left as the optimizer made them",
+    options: &[],
+    build: |opts| {
+        opts.reject_unknown("manifold.unconstrained", &[])?;
+        Ok(Box::new(Unconstrained))
+    },
 }
 
 /// Re-exported so plugin crates register without naming `inventory` themselves.

@@ -1,13 +1,10 @@
 //! Built-in optimizers: SGD (momentum), AdamW (with optional moment transport), sign descent.
 
 use crate::rules::{adamw_update, sgd_update, sign_update, AdamWParams, StateStore};
-use crate::transport::{transport_adam, transport_first_moments, MomentKind, TransportMode};
-use crate::{
-    AdapterOptimizer, GaugeTransform, OptimError, OptimizerEntry, OptimizerFactory, Options,
-    PairStep,
-};
+use crate::transport::TransportMode;
+use crate::{AdapterOptimizer, OptimError, OptimizerFactory, Options, PairStep};
 use balora_manifold::OptionDoc;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
 /// State keys of an adapter's factors: `{key}.lora_a`, `{key}.lora_b`.
 pub fn factor_keys(key: &str) -> (String, String) {
@@ -91,25 +88,11 @@ impl<B: Backend> AdapterOptimizer<B> for AdamW<B> {
     fn moment_transport(&self) -> Option<TransportMode> {
         Some(self.transport)
     }
-    fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        transport_adam(
-            &mut self.store,
-            key,
-            t,
-            (0, 1),
-            MomentKind::Gradient,
-            self.transport,
-        );
+    fn store(&self) -> Option<&StateStore<B>> {
+        Some(&self.store)
     }
-    fn state(&self) -> Vec<(String, TensorData)> {
-        self.store.export()
-    }
-    fn load_state(
-        &mut self,
-        s: Vec<(String, TensorData)>,
-        d: &B::Device,
-    ) -> Result<(), OptimError> {
-        self.store.import(s, d)
+    fn store_mut(&mut self) -> Option<&mut StateStore<B>> {
+        Some(&mut self.store)
     }
 }
 
@@ -168,20 +151,11 @@ impl<B: Backend> AdapterOptimizer<B> for Sgd<B> {
         };
         (self.momentum != 0.0).then_some(first)
     }
-    fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        if self.transport {
-            transport_first_moments(&mut self.store, key, t, 0);
-        }
+    fn store(&self) -> Option<&StateStore<B>> {
+        Some(&self.store)
     }
-    fn state(&self) -> Vec<(String, TensorData)> {
-        self.store.export()
-    }
-    fn load_state(
-        &mut self,
-        s: Vec<(String, TensorData)>,
-        d: &B::Device,
-    ) -> Result<(), OptimError> {
-        self.store.import(s, d)
+    fn store_mut(&mut self) -> Option<&mut StateStore<B>> {
+        Some(&mut self.store)
     }
 }
 
@@ -210,21 +184,6 @@ impl<B: Backend> AdapterOptimizer<B> for SignDescent {
         g: Tensor<B, 1>,
     ) -> Tensor<B, 1> {
         sign_update(self.eps, lr, v, g)
-    }
-    fn state(&self) -> Vec<(String, TensorData)> {
-        Vec::new()
-    }
-    fn load_state(
-        &mut self,
-        s: Vec<(String, TensorData)>,
-        _d: &B::Device,
-    ) -> Result<(), OptimError> {
-        match s.first() {
-            None => Ok(()),
-            Some((k, _)) => Err(OptimError::State(format!(
-                "sign descent is stateless; got `{k}`"
-            ))),
-        }
     }
 }
 
@@ -260,52 +219,46 @@ impl OptimizerFactory for SignFactory {
     }
 }
 
-inventory::submit! {
-    OptimizerEntry {
-        name: "adamw",
-        description: "AdamW (decoupled weight decay); optional moment transport across re-factorisations",
-        options: &[
-            OptionDoc { key: "beta1", default: "0.9", help: "first-moment decay" },
-            OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
-            OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
-            OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ" },
-            OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" (m_A ← Pᵀm_A, m_B ← m_B Qᵀ), \"signed\" (also v, exactly, when P is a signed permutation), \"diagonal\" = true (also v_A ← (P∘P)ᵀv_A, v_B ← v_B (Q∘Q)ᵀ); see docs/transport.md" },
-        ],
-        build: |opts| {
-            let hp = adamw_params(opts, "optimizer.adamw", &["transport"])?;
-            Ok(Box::new(AdamWFactory { hp, transport: TransportMode::from_options(opts)? }))
-        },
-    }
+crate::register_optimizer! {
+    name: "adamw",
+    description: "AdamW (decoupled weight decay); optional moment transport across re-factorisations",
+    options: &[
+        OptionDoc { key: "beta1", default: "0.9", help: "first-moment decay" },
+        OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
+        OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
+        OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ" },
+        OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" (m_A ← Pᵀm_A, m_B ← m_B Qᵀ), \"signed\" (also v, exactly, when P is a signed permutation), \"diagonal\" = true (also v_A ← (P∘P)ᵀv_A, v_B ← v_B (Q∘Q)ᵀ); see docs/transport.md" },
+    ],
+    build: |opts| {
+        let hp = adamw_params(opts, "optimizer.adamw", &["transport"])?;
+        Ok(Box::new(AdamWFactory { hp, transport: TransportMode::from_options(opts)? }))
+    },
 }
 
-inventory::submit! {
-    OptimizerEntry {
-        name: "sgd",
-        description: "SGD with optional momentum and decoupled weight decay",
-        options: &[
-            OptionDoc { key: "momentum", default: "0", help: "momentum μ" },
-            OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ" },
-            OptionDoc { key: "transport", default: "false", help: "carry the momentum buffer into the manifold's new gauge" },
-        ],
-        build: |opts| {
-            opts.reject_unknown("optimizer.sgd", &["momentum", "weight_decay", "transport"])?;
-            Ok(Box::new(SgdFactory {
-                momentum: opts.f64_or("momentum", 0.0)?,
-                weight_decay: opts.f64_or("weight_decay", 0.0)?,
-                transport: opts.bool_or("transport", false)?,
-            }))
-        },
-    }
+crate::register_optimizer! {
+    name: "sgd",
+    description: "SGD with optional momentum and decoupled weight decay",
+    options: &[
+        OptionDoc { key: "momentum", default: "0", help: "momentum μ" },
+        OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ" },
+        OptionDoc { key: "transport", default: "false", help: "carry the momentum buffer into the manifold's new gauge" },
+    ],
+    build: |opts| {
+        opts.reject_unknown("optimizer.sgd", &["momentum", "weight_decay", "transport"])?;
+        Ok(Box::new(SgdFactory {
+            momentum: opts.f64_or("momentum", 0.0)?,
+            weight_decay: opts.f64_or("weight_decay", 0.0)?,
+            transport: opts.bool_or("transport", false)?,
+        }))
+    },
 }
 
-inventory::submit! {
-    OptimizerEntry {
-        name: "sign",
-        description: "sign descent g/(|g|+ε), the paper's synthetic-experiment optimizer",
-        options: &[OptionDoc { key: "eps", default: "1e-8", help: "ε in g/(|g|+ε)" }],
-        build: |opts| {
-            opts.reject_unknown("optimizer.sign", &["eps"])?;
-            Ok(Box::new(SignFactory(opts.f64_or("eps", 1e-8)?)))
-        },
-    }
+crate::register_optimizer! {
+    name: "sign",
+    description: "sign descent g/(|g|+ε), the paper's synthetic-experiment optimizer",
+    options: &[OptionDoc { key: "eps", default: "1e-8", help: "ε in g/(|g|+ε)" }],
+    build: |opts| {
+        opts.reject_unknown("optimizer.sign", &["eps"])?;
+        Ok(Box::new(SignFactory(opts.f64_or("eps", 1e-8)?)))
+    },
 }

@@ -6,8 +6,9 @@
 //! Parameters that are not LoRA factors (heads, `modules_to_save`) go through
 //! [`AdapterOptimizer::step_param`].
 //!
-//! Optimizers are registered at link time with [`inventory::submit!`] and an [`OptimizerEntry`]
-//! and built by name with [`build_optimizer`]; [`OptimizerDriver`] applies one to a burn module
+//! Optimizers are registered at link time with [`register_optimizer!`] (an [`OptimizerEntry`]
+//! in the generic plugin [`Registry`] of `balora-manifold`) and built by name with
+//! [`build_optimizer`]; [`OptimizerDriver`] applies one to a burn module
 //! with its [`GradientsParams`](burn::optim::GradientsParams).
 //!
 //! ```
@@ -29,17 +30,18 @@ pub mod transport;
 /// Re-exported so plugin crates register without naming `inventory` themselves.
 pub use balora_manifold::inventory;
 pub use balora_manifold::{
-    GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams,
+    GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams, PluginEntry,
+    Registry, RegistryError,
 };
 pub use builtin::{adamw_params, factor_keys, AdamW, Sgd, SignDescent};
 pub use driver::OptimizerDriver;
 pub use registry::{
     build_optimizer, optimizer_entries, ErasedFactory, OptimizerEntry, OptimizerFactory,
-    RegistryBackend,
+    Optimizers, RegistryBackend,
 };
 pub use transport::{
     signed_permutation, transport_adam, transport_buffers, transport_first_moments,
-    transport_second_moments, upload, MomentKind, TransportMode,
+    transport_second_moments, transport_store, upload, MomentKind, TransportMode,
 };
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -61,6 +63,9 @@ pub enum OptimError {
     /// Saved state that does not fit.
     #[error("optimizer state: {0}")]
     State(String),
+    /// The registry is inconsistent (a name registered by two crates).
+    #[error(transparent)]
+    Registry(RegistryError),
     /// The backend was not compiled into this build.
     #[error("backend `{0}` is not compiled into this build of balora-optim")]
     Backend(&'static str),
@@ -103,8 +108,35 @@ pub trait AdapterOptimizer<B: Backend>: Send {
         grad: Tensor<B, 1>,
     ) -> Tensor<B, 1>;
 
+    /// The optimizer's per-tensor state, if it keeps one in a [`StateStore`](rules::StateStore):
+    /// with it, [`state`](Self::state), [`load_state`](Self::load_state) and
+    /// [`on_refactor`](Self::on_refactor) need no code of their own. `None`: stateless.
+    fn store(&self) -> Option<&rules::StateStore<B>> {
+        None
+    }
+
+    /// Mutable access to the same store (implement both or neither).
+    fn store_mut(&mut self) -> Option<&mut rules::StateStore<B>> {
+        None
+    }
+
+    /// How the store's buffers transform under a re-factorisation (the default
+    /// [`on_refactor`](Self::on_refactor) uses it): raw-gradient averages unless overridden.
+    fn moment_kind(&self) -> MomentKind {
+        MomentKind::Gradient
+    }
+
     /// Told after a manifold re-factored adapter `key` by `(A, B) → (Q·A, B·P)`.
-    fn on_refactor(&mut self, _key: &str, _transform: &GaugeTransform) {}
+    ///
+    /// Default: carries the store's `m` (and `v`) buffers per [`moment_transport`](
+    /// Self::moment_transport) and [`moment_kind`](Self::moment_kind)
+    /// ([`transport_store`]); nothing without a store or a transport mode.
+    fn on_refactor(&mut self, key: &str, transform: &GaugeTransform) {
+        let (mode, kind) = (self.moment_transport(), self.moment_kind());
+        if let (Some(mode), Some(store)) = (mode, self.store_mut()) {
+            transport_store(store, key, transform, kind, mode);
+        }
+    }
 
     /// Whether the optimizer keeps per-factor moments whose meaning depends on the gauge, and
     /// what it carries across re-factorisations: `None` for stateless optimizers (and plugins
@@ -114,13 +146,28 @@ pub trait AdapterOptimizer<B: Backend>: Send {
         None
     }
 
-    /// The state as named host tensors (for checkpoints).
-    fn state(&self) -> Vec<(String, TensorData)>;
+    /// The state as named host tensors (for checkpoints). Default: the store's
+    /// [`export`](rules::StateStore::export), empty without a store.
+    fn state(&self) -> Vec<(String, TensorData)> {
+        self.store().map(|s| s.export()).unwrap_or_default()
+    }
 
-    /// Restores [`state`](Self::state) output onto `device`.
+    /// Restores [`state`](Self::state) output onto `device`. Default: the store's
+    /// [`import`](rules::StateStore::import); without a store any entry is an error.
     fn load_state(
         &mut self,
         state: Vec<(String, TensorData)>,
         device: &B::Device,
-    ) -> Result<(), OptimError>;
+    ) -> Result<(), OptimError> {
+        if let Some(store) = self.store_mut() {
+            return store.import(state, device);
+        }
+        match state.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(OptimError::State(format!(
+                "{} is stateless; got `{k}`",
+                self.name()
+            ))),
+        }
+    }
 }

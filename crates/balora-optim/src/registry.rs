@@ -7,8 +7,9 @@
 //! [`OptimizerFactory`] and [`AdapterOptimizer`](crate::AdapterOptimizer).
 
 use crate::{AdapterOptimizer, OptimError, Options};
-use balora_manifold::OptionDoc;
+use balora_manifold::{Kind, PluginEntry, Registry, RegistryError};
 use burn::tensor::backend::Backend;
+use std::sync::OnceLock;
 
 /// Builds an optimizer for any backend.
 pub trait OptimizerFactory: Send + Sync + 'static {
@@ -95,41 +96,55 @@ impl RegistryBackend for burn::backend::LibTorch {
     }
 }
 
-/// An optimizer registered with `inventory::submit!`.
-pub struct OptimizerEntry {
-    /// Name used in configs (`optimizer.name`).
-    pub name: &'static str,
-    /// One-line description for `balora plugins`.
-    pub description: &'static str,
-    /// Documented options.
-    pub options: &'static [OptionDoc],
-    /// Parses options (rejecting unknown keys) into a factory.
-    pub build: fn(&Options) -> Result<Box<dyn ErasedFactory>, OptimError>,
+/// The optimizer plugin kind: an instance of the generic [`Registry`] of `balora-manifold`.
+pub struct Optimizers;
+
+impl Kind for Optimizers {
+    const WHAT: &'static str = "optimizer";
+    type Build = fn(&Options) -> Result<Box<dyn ErasedFactory>, OptimError>;
+    fn inventory() -> &'static inventory::Registry {
+        static REGISTRY: inventory::Registry = inventory::Registry::new();
+        &REGISTRY
+    }
+    fn cache() -> &'static OnceLock<Vec<&'static PluginEntry<Self>>> {
+        static CACHE: OnceLock<Vec<&'static PluginEntry<Optimizers>>> = OnceLock::new();
+        &CACHE
+    }
 }
 
-inventory::collect!(OptimizerEntry);
+/// A registered optimizer (name, description, options, build: parses options, rejecting
+/// unknown keys, into a factory; origin).
+pub type OptimizerEntry = PluginEntry<Optimizers>;
+
+/// Registers an optimizer: `name`, `description`, `options`, `build` as in [`OptimizerEntry`];
+/// the origin is the invoking module (`module_path!()`).
+#[macro_export]
+macro_rules! register_optimizer {
+    ($($field:ident : $value:expr),+ $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::OptimizerEntry { $($field: $value,)+ origin: ::core::module_path!() }
+        }
+    };
+}
 
 /// All registered optimizers, sorted by name.
 pub fn optimizer_entries() -> impl Iterator<Item = &'static OptimizerEntry> {
-    let mut v: Vec<_> = inventory::iter::<OptimizerEntry>.into_iter().collect();
-    v.sort_by_key(|e| e.name);
-    v.into_iter()
+    Registry::<Optimizers>::entries()
 }
 
-/// Builds a registered optimizer by name for backend `B`; the error lists the registered names.
+/// Builds a registered optimizer by name for backend `B`; the error lists the registered names,
+/// or names both crates when one name is registered twice.
 pub fn build_optimizer<B: RegistryBackend>(
     name: &str,
     options: &Options,
 ) -> Result<Box<dyn AdapterOptimizer<B>>, OptimError> {
-    let entry = optimizer_entries()
-        .find(|e| e.name == name)
-        .ok_or_else(|| OptimError::Unknown {
-            name: name.to_string(),
-            known: optimizer_entries()
-                .map(|e| e.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+    let entry = match Registry::<Optimizers>::find(name) {
+        Ok(entry) => entry,
+        Err(RegistryError::Unknown { name, known, .. }) => {
+            return Err(OptimError::Unknown { name, known })
+        }
+        Err(e) => return Err(OptimError::Registry(e)),
+    };
     let factory = (entry.build)(options)?;
     Ok(B::instantiate(factory.as_ref()))
 }

@@ -35,6 +35,11 @@ impl<B: Backend> StateStore<B> {
         }
     }
 
+    /// The buffer names, in slot order.
+    pub fn names(&self) -> &'static [&'static str] {
+        self.names
+    }
+
     /// The slot of `key`, zero-initialised like `like` on first use.
     pub fn slot<const D: usize>(&mut self, key: &str, like: &Tensor<B, D>) -> &mut Slot<B> {
         let n = like.shape().num_elements();

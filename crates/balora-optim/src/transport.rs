@@ -213,3 +213,21 @@ pub fn transport_adam<B: Backend>(
         transport_second_moments(store, key, t, v_buf, kind, mode);
     }
 }
+
+/// Carries a [`StateStore`]'s moments per `mode`: with buffers `m` and `v`,
+/// [`transport_adam`]; with `m` only, [`transport_buffers`] when `mode` carries first moments;
+/// nothing otherwise. What the default [`AdapterOptimizer::on_refactor`](crate::AdapterOptimizer::on_refactor) does.
+pub fn transport_store<B: Backend>(
+    store: &mut StateStore<B>,
+    key: &str,
+    t: &GaugeTransform,
+    kind: MomentKind,
+    mode: TransportMode,
+) {
+    let at = |n: &str| store.names().iter().position(|x| *x == n);
+    match (at("m"), at("v")) {
+        (Some(m), Some(v)) => transport_adam(store, key, t, (m, v), kind, mode),
+        (Some(m), None) if mode.first() => transport_buffers(store, key, t, m, kind),
+        _ => {}
+    }
+}

@@ -21,11 +21,10 @@
 
 use balora_optim::rules::{adamw_update, AdamWParams, StateStore};
 use balora_optim::{
-    adamw_params, factor_keys, transport_adam, AdapterOptimizer, GaugeTransform, MomentKind,
-    OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options, OptionsError, PairStep,
-    TransportMode,
+    adamw_params, factor_keys, AdapterOptimizer, OptimError, OptimizerFactory, OptionDoc, Options,
+    OptionsError, PairStep, TransportMode,
 };
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
 /// Default ratio λ = η_B / η_A.
 pub const DEFAULT_RATIO: f64 = 16.0;
@@ -82,27 +81,14 @@ impl<B: Backend> AdapterOptimizer<B> for LoraPlus<B> {
         Some(self.transport)
     }
 
-    fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        transport_adam(
-            &mut self.store,
-            key,
-            t,
-            (0, 1),
-            MomentKind::Gradient,
-            self.transport,
-        );
+    // State, checkpoints and moment transport (raw-gradient moments, per `transport`): the
+    // trait's defaults over this store.
+    fn store(&self) -> Option<&StateStore<B>> {
+        Some(&self.store)
     }
 
-    fn state(&self) -> Vec<(String, TensorData)> {
-        self.store.export()
-    }
-
-    fn load_state(
-        &mut self,
-        state: Vec<(String, TensorData)>,
-        device: &B::Device,
-    ) -> Result<(), OptimError> {
-        self.store.import(state, device)
+    fn store_mut(&mut self) -> Option<&mut StateStore<B>> {
+        Some(&mut self.store)
     }
 }
 
@@ -143,18 +129,16 @@ impl OptimizerFactory for LoraPlusFactory {
     }
 }
 
-balora_optim::inventory::submit! {
-    OptimizerEntry {
-        name: "loraplus",
-        description: "LoRA+: AdamW with B's learning rate λ·(A's) (Hayou et al., 2024)",
-        options: &[
-            OptionDoc { key: "ratio", default: "16", help: "λ = lr_B / lr_A" },
-            OptionDoc { key: "beta1", default: "0.9", help: "first-moment decay" },
-            OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
-            OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
-            OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ_wd" },
-            OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" | \"signed\" | \"diagonal\" (= true), as for adamw" },
-        ],
-        build: |opts| Ok(Box::new(LoraPlusFactory::from_options(opts)?)),
-    }
+balora_optim::register_optimizer! {
+    name: "loraplus",
+    description: "LoRA+: AdamW with B's learning rate λ·(A's) (Hayou et al., 2024)",
+    options: &[
+        OptionDoc { key: "ratio", default: "16", help: "λ = lr_B / lr_A" },
+        OptionDoc { key: "beta1", default: "0.9", help: "first-moment decay" },
+        OptionDoc { key: "beta2", default: "0.999", help: "second-moment decay" },
+        OptionDoc { key: "eps", default: "1e-8", help: "denominator ε" },
+        OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay λ_wd" },
+        OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" | \"signed\" | \"diagonal\" (= true), as for adamw" },
+    ],
+    build: |opts| Ok(Box::new(LoraPlusFactory::from_options(opts)?)),
 }

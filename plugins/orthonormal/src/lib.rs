@@ -33,8 +33,8 @@
 use balora_manifold::balanced::DEFAULT_RANK_TOL;
 use balora_manifold::linalg::{split_range, sqrt_and_inv_sqrt};
 use balora_manifold::{
-    DMatrix, GaugeTransform, Manifold, ManifoldEntry, ManifoldError, OptionDoc, Options,
-    OptionsError, PairGrams, Refactor,
+    DMatrix, GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, OptionsError, PairGrams,
+    Refactor,
 };
 
 /// The transform that orthonormalises A's rows (on A's active range), or the identity with
@@ -126,15 +126,13 @@ impl Manifold for Orthonormal {
     }
 }
 
-balora_manifold::inventory::submit! {
-    ManifoldEntry {
-        name: "orthonormal",
-        description: "A's rows orthonormal, all scale in B (OLoRA-like gauge), BA unchanged",
-        options: &[
-            OptionDoc { key: "every", default: "1", help: "re-factor after every k-th optimizer step" },
-            OptionDoc { key: "start_step", default: "1", help: "first step (1-based) after which to re-factor" },
-            OptionDoc { key: "rank_tol", default: "1e-7", help: "relative eigenvalue of AAᵀ below which a direction is null (left unchanged)" },
-        ],
-        build: |opts| Ok(Box::new(Orthonormal::from_options(opts)?)),
-    }
+balora_manifold::register_manifold! {
+    name: "orthonormal",
+    description: "A's rows orthonormal, all scale in B (OLoRA-like gauge), BA unchanged",
+    options: &[
+        OptionDoc { key: "every", default: "1", help: "re-factor after every k-th optimizer step" },
+        OptionDoc { key: "start_step", default: "1", help: "first step (1-based) after which to re-factor" },
+        OptionDoc { key: "rank_tol", default: "1e-7", help: "relative eigenvalue of AAᵀ below which a direction is null (left unchanged)" },
+    ],
+    build: |opts| Ok(Box::new(Orthonormal::from_options(opts)?)),
 }

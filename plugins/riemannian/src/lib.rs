@@ -34,11 +34,10 @@
 use balora_manifold::DMatrix;
 use balora_optim::rules::{adamw_update, sgd_update, AdamWParams, StateStore};
 use balora_optim::{
-    adamw_params, factor_keys, transport_adam, transport_buffers, upload, AdapterOptimizer,
-    GaugeTransform, MomentKind, OptimError, OptimizerEntry, OptimizerFactory, OptionDoc, Options,
-    OptionsError, PairGrams, PairStep, TransportMode,
+    adamw_params, factor_keys, upload, AdapterOptimizer, MomentKind, OptimError, OptimizerFactory,
+    OptionDoc, Options, OptionsError, PairGrams, PairStep, TransportMode,
 };
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
 /// Default damping δ.
 pub const DEFAULT_DELTA: f64 = 1e-6;
@@ -171,33 +170,19 @@ impl<B: Backend> AdapterOptimizer<B> for Riemannian<B> {
         (!no_momentum).then_some(self.transport)
     }
 
-    fn on_refactor(&mut self, key: &str, t: &GaugeTransform) {
-        match self.base {
-            BaseRule::Sgd { .. } if self.transport.first() => {
-                transport_buffers(&mut self.store, key, t, 0, MomentKind::Factor);
-            }
-            BaseRule::Sgd { .. } => {}
-            BaseRule::AdamW(_) => transport_adam(
-                &mut self.store,
-                key,
-                t,
-                (0, 1),
-                MomentKind::Factor,
-                self.transport,
-            ),
-        }
+    /// The buffers average preconditioned directions, which transform like the factors.
+    fn moment_kind(&self) -> MomentKind {
+        MomentKind::Factor
     }
 
-    fn state(&self) -> Vec<(String, TensorData)> {
-        self.store.export()
+    // State, checkpoints and moment transport (`m`, and `v` for the AdamW base, per
+    // `transport` and `moment_kind`): the trait's defaults over this store.
+    fn store(&self) -> Option<&StateStore<B>> {
+        Some(&self.store)
     }
 
-    fn load_state(
-        &mut self,
-        state: Vec<(String, TensorData)>,
-        device: &B::Device,
-    ) -> Result<(), OptimError> {
-        self.store.import(state, device)
+    fn store_mut(&mut self) -> Option<&mut StateStore<B>> {
+        Some(&mut self.store)
     }
 }
 
@@ -277,20 +262,18 @@ impl OptimizerFactory for RiemannianFactory {
     }
 }
 
-balora_optim::inventory::submit! {
-    OptimizerEntry {
-        name: "riemannian",
-        description: "Riemannian-preconditioned LoRA: ∇A ← (BᵀB+δI)⁻¹∇A, ∇B ← ∇B(AAᵀ+δI)⁻¹, then SGD or AdamW (Zhang & Pilanci, 2024)",
-        options: &[
-            OptionDoc { key: "base", default: "adamw", help: "sgd | adamw: the update applied to the preconditioned gradients" },
-            OptionDoc { key: "delta", default: "1e-6", help: "damping δ > 0 of the r×r preconditioners" },
-            OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" (m_A ← Q·m_A, m_B ← m_B·P), \"signed\", \"diagonal\" (= true; also v_A ← (Q∘Q)·v_A, v_B ← v_B·(P∘P) for the adamw base)" },
-            OptionDoc { key: "momentum", default: "0", help: "SGD momentum μ (base = sgd)" },
-            OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay" },
-            OptionDoc { key: "beta1", default: "0.9", help: "AdamW first-moment decay (base = adamw)" },
-            OptionDoc { key: "beta2", default: "0.999", help: "AdamW second-moment decay (base = adamw)" },
-            OptionDoc { key: "eps", default: "1e-8", help: "AdamW ε (base = adamw)" },
-        ],
-        build: |opts| Ok(Box::new(RiemannianFactory::from_options(opts)?)),
-    }
+balora_optim::register_optimizer! {
+    name: "riemannian",
+    description: "Riemannian-preconditioned LoRA: ∇A ← (BᵀB+δI)⁻¹∇A, ∇B ← ∇B(AAᵀ+δI)⁻¹, then SGD or AdamW (Zhang & Pilanci, 2024)",
+    options: &[
+        OptionDoc { key: "base", default: "adamw", help: "sgd | adamw: the update applied to the preconditioned gradients" },
+        OptionDoc { key: "delta", default: "1e-6", help: "damping δ > 0 of the r×r preconditioners" },
+        OptionDoc { key: "transport", default: "false", help: "carry the moments into the manifold's new gauge: \"first\" (m_A ← Q·m_A, m_B ← m_B·P), \"signed\", \"diagonal\" (= true; also v_A ← (Q∘Q)·v_A, v_B ← v_B·(P∘P) for the adamw base)" },
+        OptionDoc { key: "momentum", default: "0", help: "SGD momentum μ (base = sgd)" },
+        OptionDoc { key: "weight_decay", default: "0", help: "decoupled weight decay" },
+        OptionDoc { key: "beta1", default: "0.9", help: "AdamW first-moment decay (base = adamw)" },
+        OptionDoc { key: "beta2", default: "0.999", help: "AdamW second-moment decay (base = adamw)" },
+        OptionDoc { key: "eps", default: "1e-8", help: "AdamW ε (base = adamw)" },
+    ],
+    build: |opts| Ok(Box::new(RiemannianFactory::from_options(opts)?)),
 }

@@ -8,6 +8,7 @@
 mod adapter_fwd_bwd;
 mod merge_unmerge;
 mod optimizer;
+mod plugins;
 mod projection;
 mod save_load;
 mod support;
@@ -18,11 +19,13 @@ pub use support::{dev, host};
 
 use crate::{catch, BackendKind, Precision};
 use adapter_fwd_bwd::adapter_fwd_bwd;
+use balora_manifold::manifold_entries;
 use balora_optim::{optimizer_entries, RegistryBackend};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use merge_unmerge::merge_unmerge;
 use optimizer::optimizer_step;
+use plugins::{manifold_contract, optimizer_consistency};
 use projection::projection;
 use save_load::save_load;
 use train_20_steps::train_20_steps;
@@ -40,10 +43,12 @@ pub struct Ctx<B: AutodiffBackend> {
 /// A check: `Ok(detail)` passes, `Err(why)` fails.
 pub type CheckFn<B> = Box<dyn Fn(&Ctx<B>) -> Result<String, String>>;
 
-/// The matrix rows, in order (optimizer rows: one per registered optimizer).
+/// The matrix rows, in order (one row per registered optimizer and per registered manifold:
+/// every linked plugin is checked on every backend).
 pub fn names() -> Vec<String> {
     let mut v = vec!["adapter_fwd_bwd".to_string()];
     v.extend(optimizer_entries().map(|e| format!("optimizer:{}", e.name)));
+    v.extend(manifold_entries().map(|e| format!("manifold:{}", e.name)));
     v.extend(
         [
             "projection:closest",
@@ -66,9 +71,19 @@ where
     v.push(("adapter_fwd_bwd".into(), Box::new(adapter_fwd_bwd::<B>)));
     for e in optimizer_entries() {
         let name = e.name;
+        // Against the closed-form f64 update where the suite has one, else against ndarray.
+        let check: CheckFn<B> = if optimizer_reference(name).is_some() {
+            Box::new(move |c: &Ctx<B>| optimizer_step::<B>(c, name))
+        } else {
+            Box::new(move |c: &Ctx<B>| optimizer_consistency::<B>(c, name))
+        };
+        v.push((format!("optimizer:{name}"), check));
+    }
+    for e in manifold_entries() {
+        let name = e.name;
         v.push((
-            format!("optimizer:{name}"),
-            Box::new(move |c: &Ctx<B>| optimizer_step::<B>(c, name)),
+            format!("manifold:{name}"),
+            Box::new(move |c: &Ctx<B>| manifold_contract::<B>(c, name)),
         ));
     }
     v.push((

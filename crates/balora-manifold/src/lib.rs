@@ -34,7 +34,7 @@ mod options;
 pub mod registry;
 
 pub use diagnostics::{diagnose, PairDiagnostics};
-pub use options::{OptionDoc, OptionValue, Options, OptionsError};
+pub use options::{OptionDoc, OptionValue, Options, OptionsError, Schedule};
 #[doc(hidden)]
 pub use registry::ManifoldEntry;
 pub use registry::{

@@ -145,6 +145,53 @@ impl Options {
     }
 }
 
+/// When a manifold's hook runs: after step `start_step` (1-based) and every `every`-th step
+/// after it — the `every` / `start_step` options every manifold shares.
+///
+/// ```
+/// use balora_manifold::{OptionValue, Options, Schedule};
+/// let s = Schedule::from_options(&Options::default().with("every", OptionValue::Int(2))).unwrap();
+/// assert_eq!((1..=5).filter(|&k| s.applies_at(k)).collect::<Vec<_>>(), [1, 3, 5]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Run after every `every`-th step (≥ 1).
+    pub every: u64,
+    /// First step (1-based) after which to run.
+    pub start_step: u64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            every: 1,
+            start_step: 1,
+        }
+    }
+}
+
+impl Schedule {
+    /// The option keys it reads, for [`Options::reject_unknown`] lists.
+    pub const KEYS: [&'static str; 2] = ["every", "start_step"];
+
+    /// From options `every` (default 1, must be ≥ 1) and `start_step` (default 1; 0 means 1).
+    pub fn from_options(opts: &Options) -> Result<Self, OptionsError> {
+        let every = opts.u64_or("every", 1)?;
+        if every == 0 {
+            return Err(bad("every", "must be ≥ 1".into()));
+        }
+        Ok(Self {
+            every,
+            start_step: opts.u64_or("start_step", 1)?.max(1),
+        })
+    }
+
+    /// Whether the hook runs after optimizer step `step` (1-based).
+    pub fn applies_at(&self, step: u64) -> bool {
+        step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
+    }
+}
+
 fn bad(key: &str, message: String) -> OptionsError {
     OptionsError::BadValue {
         key: key.to_string(),

@@ -34,7 +34,7 @@ use balora_manifold::balanced::DEFAULT_RANK_TOL;
 use balora_manifold::linalg::{split_range, sqrt_and_inv_sqrt};
 use balora_manifold::{
     DMatrix, GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, OptionsError, PairGrams,
-    Refactor,
+    Refactor, Schedule,
 };
 
 /// The transform that orthonormalises A's rows (on A's active range), or the identity with
@@ -90,14 +90,7 @@ impl Orthonormal {
     /// From config options (`every`, `start_step`, `rank_tol`); unknown keys are rejected.
     pub fn from_options(opts: &Options) -> Result<Self, ManifoldError> {
         opts.reject_unknown("manifold.orthonormal", &["every", "start_step", "rank_tol"])?;
-        let every = opts.u64_or("every", 1)?;
-        if every == 0 {
-            return Err(OptionsError::BadValue {
-                key: "every".into(),
-                message: "must be ≥ 1".into(),
-            }
-            .into());
-        }
+        let schedule = Schedule::from_options(opts)?;
         let rank_tol = opts.f64_or("rank_tol", DEFAULT_RANK_TOL)?;
         if !(rank_tol > 0.0 && rank_tol < 1.0) {
             return Err(OptionsError::BadValue {
@@ -107,8 +100,8 @@ impl Orthonormal {
             .into());
         }
         Ok(Self {
-            every,
-            start_step: opts.u64_or("start_step", 1)?.max(1),
+            every: schedule.every,
+            start_step: schedule.start_step,
             rank_tol,
         })
     }
@@ -119,7 +112,8 @@ impl Manifold for Orthonormal {
         "orthonormal"
     }
     fn applies_at(&self, step: u64) -> bool {
-        step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
+        let (every, start_step) = (self.every, self.start_step);
+        Schedule { every, start_step }.applies_at(step)
     }
     fn refactor(&self, grams: &PairGrams) -> Result<Option<Refactor>, ManifoldError> {
         Ok(Some(orthonormalize(grams, self.rank_tol)))

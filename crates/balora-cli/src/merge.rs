@@ -18,7 +18,6 @@ use balora_models::export::{
 };
 use balora_models::load::{load_bert_hf_dir, load_causal_lm};
 use balora_models::peft::{apply_adapter_tensors, read_adapter};
-use balora_models::st::write_safetensors;
 use balora_models::{merge_all, AdapterHost, BertForSequenceClassification, Pooling, Weights};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -254,7 +253,8 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: no adapter matched the base model", a.adapter.display());
     }
     check_finite(&tensors, &adapters)?;
-    write_safetensors(&a.out, &tensors).with_context(|| format!("writing {}", a.out.display()))?;
+    balora_formats::write_safetensors(&a.out, &tensors, balora_formats::PT_FORMAT)
+        .with_context(|| format!("writing {}", a.out.display()))?;
     println!(
         "merged {} adapters into {} tensors → {}",
         adapters.len(),

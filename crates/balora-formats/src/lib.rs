@@ -4,7 +4,9 @@
 //! * [`GgufFile`]: GGUF v2/v3 (llama.cpp) with metadata accessors and f32 dequantisation of
 //!   F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and K-quant (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
 //!   Q8_K) tensors ([`quant`]).
-//! * [`SafetensorsFiles`]: one or several `*.safetensors` files (F32/F16/BF16/F64 → f32).
+//! * [`SafetensorsFiles`]: one or several `*.safetensors` files (F32/F16/BF16/F64 → f32);
+//!   [`read_safetensors`] and [`write_safetensors`] (atomic) are the one safetensors reader and
+//!   writer of the workspace.
 //! * Both implement [`TensorSource`], which yields [`RawTensor`]s: row-major f32 data in
 //!   PyTorch/HF order (a linear weight is `[out, in]`).
 //! * [`LlamaHfView`]: a Llama-family GGUF with Hugging Face names and Q/K layout (llama.cpp's
@@ -19,13 +21,12 @@
 //! Every error is a [`FormatError`] naming the file and, where it applies, the tensor, key and shapes.
 //!
 //! ```
-//! use balora_formats::{SafetensorsFiles, TensorSource};
+//! use balora_formats::{write_safetensors, SafetensorsFiles, TensorSource, PT_FORMAT};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
-//! # let path = dir.path().join("model.safetensors");
-//! # let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-//! # let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data)?;
-//! # safetensors::serialize_to_file([("dense.weight", view)], None, &path)?;
+//! let path = dir.path().join("model.safetensors");
+//! let data = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+//! write_safetensors(&path, &[("dense.weight".into(), vec![2, 3], data)], PT_FORMAT)?;
 //! let files = SafetensorsFiles::open(&[&path])?;
 //! let w = files.load_with_shape("dense.weight", &[2, 3])?; // [out, in]
 //! assert_eq!(w.data[3], 4.0); // row 1, column 0
@@ -49,7 +50,7 @@ pub use error::FormatError;
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, MAX_ARRAY_DEPTH, MAX_METADATA_VALUES};
 pub use hf_names::{llama_gguf_to_hf, llama_hf_to_gguf, LlamaHfView};
 pub use quant::GgmlType;
-pub use safetensors::SafetensorsFiles;
+pub use safetensors::{read_safetensors, write_safetensors, SafetensorsFiles, PT_FORMAT};
 pub use tokenizer::{load_tokenizer_json, tokenizer_from_gguf, SUPPORTED_PRE};
 
 use std::path::Path;

@@ -1,10 +1,13 @@
-//! safetensors reader over one or several files (sharded checkpoints), converting to f32.
+//! safetensors, the one home of balora's reading and writing of the format: [`SafetensorsFiles`]
+//! over one or several files (sharded checkpoints; memory-mapped, header and offsets validated
+//! by the `safetensors` crate with its limits), converting to f32; [`read_safetensors`] for a
+//! whole file; [`write_safetensors`] for f32 tensors, through [`crate::atomic::write_atomic`].
 
 use crate::error::{examples, FormatError};
 use crate::{RawTensor, TensorSource};
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -188,4 +191,48 @@ impl TensorSource for SafetensorsFiles {
             data,
         })
     }
+}
+
+/// The header metadata of model and adapter files, `{"format": "pt"}`: transformers and PEFT
+/// expect it (checkpoints write none).
+pub const PT_FORMAT: &[(&str, &str)] = &[("format", "pt")];
+
+/// Every tensor of one safetensors file as f32, in file order ([`SafetensorsFiles`]: mapped,
+/// validated, F32/F16/BF16/F64 converted).
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<RawTensor>, FormatError> {
+    let files = SafetensorsFiles::open(&[path.as_ref()])?;
+    files.order.iter().map(|n| files.load(n)).collect()
+}
+
+/// Writes f32 tensors `(name, shape, row-major data)` as one safetensors file, atomically and
+/// durably ([`crate::atomic::write_atomic`]: temporary file, `fsync`, rename, folder `fsync`).
+/// `metadata` goes into the header's `__metadata__` (none when empty; [`PT_FORMAT`] for model
+/// and adapter files).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &[(&str, &str)],
+) -> Result<(), FormatError> {
+    let bad = |msg: String| FormatError::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
+        let v = TensorView::new(Dtype::F32, shape.clone(), b)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        views.push((name.as_str(), v));
+    }
+    let meta = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>()
+    });
+    let out = safetensors::tensor::serialize(views, meta).map_err(|e| bad(e.to_string()))?;
+    crate::atomic::write_atomic(path, &out).map_err(|e| FormatError::io(path, e.into()))
 }

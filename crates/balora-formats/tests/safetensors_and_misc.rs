@@ -274,3 +274,43 @@ fn llama_names_map_to_hugging_face() {
         assert_eq!(llama_gguf_to_hf(g), None, "{g}");
     }
 }
+
+#[test]
+fn write_then_read_round_trips_with_metadata_and_no_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.safetensors");
+    let tensors = vec![
+        (
+            "b.weight".to_string(),
+            vec![2, 3],
+            vec![1.5, -2.0, 0.0, 4.25, 5.0, -6.5],
+        ),
+        ("a.bias".to_string(), vec![2], vec![f32::MIN_POSITIVE, 7.0]),
+    ];
+    balora_formats::write_safetensors(&path, &tensors, &[("format", "pt")]).unwrap();
+    let back = balora_formats::read_safetensors(&path).unwrap();
+    let mut got: Vec<_> = back
+        .into_iter()
+        .map(|t| (t.name, t.shape, t.data))
+        .collect();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want = tensors.clone();
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(got, want);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+    // Only the file itself: the temporary file was renamed over it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // A shape that does not fit the data is an error naming the file and tensor.
+    let bad = vec![("w".to_string(), vec![3], vec![1.0f32])];
+    let e = balora_formats::write_safetensors(&path, &bad, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out.safetensors") && e.contains("`w`"), "{e}");
+    assert_eq!(
+        balora_formats::read_safetensors(&path).unwrap().len(),
+        2,
+        "old file kept"
+    );
+}

@@ -107,7 +107,7 @@ fn target_safetensors(bytes: &[u8], c: &Ctx) -> bool {
             let _ = f.load(&name);
         }
     }
-    let Ok(w) = balora_models::st::read_safetensors(&p) else {
+    let Ok(w) = balora_models::MemWeights::read_safetensors(&p) else {
         return false;
     };
     let checked = balora_models::validate::check_adapter_pairs(&w);

@@ -182,8 +182,10 @@ fn generate_stops_with_an_error_on_non_finite_logits() {
     let cfg = dir.join(balora_models::peft::ADAPTER_CONFIG);
     let spec =
         balora_models::peft::parse_config(&std::fs::read_to_string(&cfg).unwrap(), "cfg").unwrap();
-    let w = balora_models::st::read_safetensors(&dir.join(balora_models::peft::ADAPTER_WEIGHTS))
-        .unwrap();
+    let w = balora_models::MemWeights::read_safetensors(
+        &dir.join(balora_models::peft::ADAPTER_WEIGHTS),
+    )
+    .unwrap();
     let m =
         balora_models::peft::apply_adapter_tensors(tiny_model(), &spec, &w, &Default::default())
             .unwrap();

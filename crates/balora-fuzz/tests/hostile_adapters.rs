@@ -109,7 +109,8 @@ fn a_rank_deficient_adapter_file_is_accepted_and_balanced_keeping_its_product() 
     .unwrap();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].active_rank <= 8, "{rows:?}");
-    let w = balora_models::st::read_safetensors(&out.join("adapter_model.safetensors")).unwrap();
+    let w = balora_models::MemWeights::read_safetensors(&out.join("adapter_model.safetensors"))
+        .unwrap();
     let (a2, b2) = (&w.tensors[&ka].1, &w.tensors[&kb].1);
     // B·A in f64, written out: [8, 10] × [10, 8].
     let prod = |b: &[f32], a: &[f32]| -> Vec<f64> {

@@ -2,7 +2,6 @@
 //! adapter trained with plain LoRA elsewhere can continue training with BaLoRA.
 
 use crate::peft::{read_adapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use crate::st::{write_atomic, write_safetensors};
 use crate::validate::check_adapter_pairs;
 use crate::weights::Weights;
 use crate::ModelError;
@@ -113,9 +112,11 @@ pub fn balance_adapter(
             message: "no lora_A/lora_B pairs to balance".into(),
         });
     }
-    write_safetensors(&output.join(ADAPTER_WEIGHTS), &out)?;
+    let wpath = output.join(ADAPTER_WEIGHTS);
+    balora_formats::write_safetensors(&wpath, &out, balora_formats::PT_FORMAT)
+        .map_err(|e| ModelError::format(&wpath, e))?;
     let cfg = input.join(ADAPTER_CONFIG);
     let text = std::fs::read(&cfg).map_err(|e| ModelError::io(&cfg, e))?;
-    write_atomic(&output.join(ADAPTER_CONFIG), &text)?;
+    balora_formats::atomic::write_atomic(&output.join(ADAPTER_CONFIG), &text)?;
     Ok(rows)
 }

@@ -69,11 +69,34 @@ impl ModelError {
             source,
         }
     }
+    /// A `balora-formats` error about `path` (whose messages already name the file).
+    pub(crate) fn format(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        let msg = e.to_string();
+        let file = path.display().to_string();
+        Self::Format {
+            message: msg
+                .strip_prefix(&format!("{file}: "))
+                .unwrap_or(&msg)
+                .to_string(),
+            file,
+        }
+    }
     pub(crate) fn config(file: &str, field: &str, message: impl Into<String>) -> Self {
         Self::Config {
             file: file.to_string(),
             field: field.to_string(),
             message: message.into(),
+        }
+    }
+}
+
+impl From<balora_formats::atomic::AtomicError> for ModelError {
+    /// A failed atomic write ([`balora_formats::atomic::write_atomic`]): the path, the operation
+    /// and the operating-system error.
+    fn from(e: balora_formats::atomic::AtomicError) -> Self {
+        Self::Io {
+            path: e.path.display().to_string(),
+            source: std::io::Error::new(e.source.kind(), format!("{}: {}", e.op, e.source)),
         }
     }
 }

@@ -19,7 +19,6 @@ pub mod host;
 pub mod llama;
 pub mod load;
 pub mod peft;
-pub mod st;
 pub mod surgery;
 pub mod validate;
 pub mod weights;

@@ -86,16 +86,7 @@ fn check_tokenizer_vocab(
 }
 
 fn fmt_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    // balora-formats' messages already name the file.
-    let msg = e.to_string();
-    let file = path.display().to_string();
-    ModelError::Format {
-        message: msg
-            .strip_prefix(&format!("{file}: "))
-            .unwrap_or(&msg)
-            .to_string(),
-        file,
-    }
+    ModelError::format(path, e)
 }
 
 /// A loaded causal LM with its tokenizer and where it came from.

@@ -4,7 +4,6 @@
 //! un-permuted at load), so the factors are written and read as they are.
 
 use crate::host::AdapterHost;
-use crate::st::{read_safetensors, write_atomic, write_safetensors};
 use crate::surgery::{layer_adapter, unfreeze};
 use crate::weights::{to_vec, Weights};
 use crate::ModelError;
@@ -117,9 +116,14 @@ pub fn save_adapter<B: Backend, M: AdapterHost<B>>(
     if tensors.is_empty() {
         return Err(adapter_err(dir, "the model has no adapters to save".into()));
     }
-    write_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
+    let wpath = dir.join(ADAPTER_WEIGHTS);
+    balora_formats::write_safetensors(&wpath, &tensors, balora_formats::PT_FORMAT)
+        .map_err(|e| ModelError::format(&wpath, e))?;
     let cfg = config_json(model, spec, meta);
-    write_atomic(&dir.join(ADAPTER_CONFIG), cfg.as_bytes())
+    Ok(balora_formats::atomic::write_atomic(
+        &dir.join(ADAPTER_CONFIG),
+        cfg.as_bytes(),
+    )?)
 }
 
 /// Reads an adapter directory: the parsed config and the raw tensors.
@@ -128,7 +132,7 @@ pub fn read_adapter(dir: &Path) -> Result<(LoraConfig, crate::MemWeights), Model
     let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
     let spec = parse_config(&text, &cpath.display().to_string())?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
-    let w = read_safetensors(&wpath)?;
+    let w = crate::MemWeights::read_safetensors(&wpath)?;
     // Shapes, ranks and finiteness before anything computes with the pairs.
     crate::validate::check_adapter_pairs(&w)?;
     Ok((spec, w))

@@ -7,6 +7,7 @@ use burn::module::{Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// A source of named f32 tensors in Hugging Face order (linear weights `[out, in]`).
 ///
@@ -41,6 +42,18 @@ impl MemWeights {
     /// Inserts a tensor.
     pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) {
         self.tensors.insert(name.into(), (shape, data));
+    }
+
+    /// Every tensor of a safetensors file, named after the file
+    /// ([`balora_formats::read_safetensors`]: mapped, validated, F32/F16/BF16/F64 as f32).
+    pub fn read_safetensors(path: &Path) -> Result<Self, ModelError> {
+        let tensors =
+            balora_formats::read_safetensors(path).map_err(|e| ModelError::format(path, e))?;
+        let mut w = Self::new(path.display().to_string());
+        for t in tensors {
+            w.insert(t.name, t.shape, t.data);
+        }
+        Ok(w)
     }
 }
 

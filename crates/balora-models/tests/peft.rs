@@ -3,7 +3,6 @@
 
 mod common;
 use balora_models::peft::{load_adapter, parse_config, read_adapter, save_adapter, AdapterMeta};
-use balora_models::st::read_safetensors;
 use balora_models::surgery::summary;
 use balora_models::weights::to_vec;
 use balora_models::{
@@ -102,8 +101,11 @@ fn round_trip_is_exact_and_keys_are_peft_names() {
         base_model_name_or_path: Some("tiny".into()),
     };
     save_adapter(&m, &spec, &meta, &dir).unwrap();
-    let orig = read_safetensors(&fixture().join("adapter_model.safetensors")).unwrap();
-    let back = read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+    let orig =
+        balora_models::MemWeights::read_safetensors(&fixture().join("adapter_model.safetensors"))
+            .unwrap();
+    let back = balora_models::MemWeights::read_safetensors(&dir.join("adapter_model.safetensors"))
+        .unwrap();
     assert_eq!(orig.tensors, back.tensors);
     let (spec2, _) = read_adapter(&dir).unwrap();
     assert_eq!(spec2.rank_pattern, spec.rank_pattern);
@@ -185,7 +187,9 @@ fn malformed_adapters_give_clear_errors() {
     std::fs::write(dir.join("adapter_model.safetensors"), b"{not a header").unwrap();
     assert!(load_adapter(model(), &dir, &dev).is_err());
     // A key of another model.
-    let mut w = read_safetensors(&fixture().join("adapter_model.safetensors")).unwrap();
+    let mut w =
+        balora_models::MemWeights::read_safetensors(&fixture().join("adapter_model.safetensors"))
+            .unwrap();
     w.insert(
         "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight",
         vec![4, 24],
@@ -201,7 +205,9 @@ fn malformed_adapters_give_clear_errors() {
         .to_string();
     assert!(e.contains("layers.7"), "{e}");
     // Wrong shape.
-    let mut w = read_safetensors(&fixture().join("adapter_model.safetensors")).unwrap();
+    let mut w =
+        balora_models::MemWeights::read_safetensors(&fixture().join("adapter_model.safetensors"))
+            .unwrap();
     w.insert(
         "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
         vec![20, 4],
@@ -308,7 +314,8 @@ fn trainable_summary_counts_by_hand() {
     // Saving writes the full head under PEFT's modules_to_save name.
     let dir = tmp("mts");
     save_adapter(&m, &spec, &AdapterMeta::default(), &dir).unwrap();
-    let w = read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+    let w = balora_models::MemWeights::read_safetensors(&dir.join("adapter_model.safetensors"))
+        .unwrap();
     assert_eq!(w.tensors["base_model.model.lm_head.weight"].0, vec![40, 24]);
     let (m2, _) = load_adapter(model(), &dir, &Default::default()).unwrap();
     assert_eq!(
@@ -354,8 +361,12 @@ fn balance_keeps_products_and_balances_grams() {
         let rows = balance_adapter(&src, &out, gauge).unwrap();
         assert_eq!(rows.len(), 6);
         assert!(rows.iter().all(|r| r.active_rank == 3));
-        let before = read_safetensors(&src.join("adapter_model.safetensors")).unwrap();
-        let after = read_safetensors(&out.join("adapter_model.safetensors")).unwrap();
+        let before =
+            balora_models::MemWeights::read_safetensors(&src.join("adapter_model.safetensors"))
+                .unwrap();
+        let after =
+            balora_models::MemWeights::read_safetensors(&out.join("adapter_model.safetensors"))
+                .unwrap();
         for row in &rows {
             let get = |w: &balora_models::MemWeights, s: &str| {
                 w.tensors[&format!("{}.{s}", row.module)].clone()

@@ -8,7 +8,6 @@ use balora_models::balance::balance_adapter;
 use balora_models::export::{bert_classifier_hf_tensors, llama_hf_tensors, NamedTensor};
 use balora_models::load::{load_bert_hf_dir, load_causal_lm};
 use balora_models::peft::{load_adapter, parse_config, read_adapter};
-use balora_models::st::read_safetensors;
 use balora_models::weights::to_vec;
 use balora_models::{
     merge_all, BertForSequenceClassification, CausalLm, LlamaForCausalLm, MemWeights, Pooling,
@@ -34,7 +33,7 @@ fn root(family: &str) -> PathBuf {
 }
 
 fn expected(family: &str) -> MemWeights {
-    read_safetensors(&root(family).join("expected.safetensors")).unwrap()
+    balora_models::MemWeights::read_safetensors(&root(family).join("expected.safetensors")).unwrap()
 }
 
 fn want(w: &MemWeights, name: &str) -> Vec<f32> {

@@ -8,10 +8,8 @@ use balora_adapter::{collect_params, replace_params};
 use balora_data::LoaderState;
 use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Errors of checkpointing.
@@ -155,65 +153,45 @@ pub fn load_trainable_params<B: Backend, M: Module<B>>(
     Ok(replace_params(module, updates))
 }
 
-/// Writes named tensors (f32) as safetensors.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, TensorData)],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<(), CheckpointError> {
-    let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+fn format_err(path: &Path) -> impl FnOnce(balora_formats::FormatError) -> CheckpointError + '_ {
+    move |e| CheckpointError::Bad {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes named tensors as f32 safetensors, atomically and durably
+/// ([`balora_formats::write_safetensors`]).
+fn write_tensors(path: &Path, tensors: &[(String, TensorData)]) -> Result<(), CheckpointError> {
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
         .iter()
         .map(|(k, d)| {
-            let v: Vec<f32> = d
+            let v = d
                 .clone()
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .unwrap_or_default();
-            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (k.clone(), bytes, d.shape.to_vec())
+            (k.clone(), d.shape.to_vec(), v)
         })
         .collect();
-    let views: Vec<(String, TensorView<'_>)> = bufs
-        .iter()
-        .map(|(k, b, s)| {
-            TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| CheckpointError::Bad {
-                    path: path.to_path_buf(),
-                    message: format!("tensor `{k}`: {e}"),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| CheckpointError::Bad {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let mut f = std::fs::File::create(path).map_err(io(path))?;
-    f.write_all(&bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    balora_formats::write_safetensors(path, &tensors, &[]).map_err(format_err(path))
 }
 
-/// Reads an f32 safetensors file into named tensors.
-pub fn read_safetensors(path: &Path) -> Result<Vec<(String, TensorData)>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Bad {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+/// Reads an f32 safetensors file into named tensors, sorted by name
+/// ([`balora_formats::SafetensorsFiles`]; a tensor of another dtype is an error).
+fn read_tensors(path: &Path) -> Result<Vec<(String, TensorData)>, CheckpointError> {
+    let files = balora_formats::SafetensorsFiles::open(&[path]).map_err(format_err(path))?;
     let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
+    for name in balora_formats::TensorSource::names(&files) {
+        let (_, dtype) = files.info(&name).map_err(format_err(path))?;
+        if dtype != safetensors::Dtype::F32 {
             return Err(CheckpointError::Bad {
                 path: path.to_path_buf(),
-                message: format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+                message: format!("tensor `{name}` is {dtype:?}, expected F32"),
             });
         }
-        let v: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.push((name, TensorData::new(v, view.shape().to_vec())));
+        let t = balora_formats::TensorSource::load(&files, &name).map_err(format_err(path))?;
+        out.push((name, TensorData::new(t.data, t.shape)));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -404,9 +382,9 @@ impl Checkpoint {
                 Ok(())
             };
             check(&mut written)?;
-            write_safetensors(&tmp.join("params.safetensors"), &self.params, None)?;
+            write_tensors(&tmp.join("params.safetensors"), &self.params)?;
             check(&mut written)?;
-            write_safetensors(&tmp.join("optimizer.safetensors"), &self.optimizer, None)?;
+            write_tensors(&tmp.join("optimizer.safetensors"), &self.optimizer)?;
             check(&mut written)?;
             let json =
                 serde_json::to_string_pretty(&self.state).map_err(|e| CheckpointError::Bad {
@@ -459,8 +437,8 @@ impl Checkpoint {
             })?;
         Ok(Self {
             state,
-            params: read_safetensors(&dir.join("params.safetensors"))?,
-            optimizer: read_safetensors(&dir.join("optimizer.safetensors"))?,
+            params: read_tensors(&dir.join("params.safetensors"))?,
+            optimizer: read_tensors(&dir.join("optimizer.safetensors"))?,
         })
     }
 

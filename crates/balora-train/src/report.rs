@@ -2,6 +2,7 @@
 //! `problems.json`.
 
 use crate::synthetic::{quantile, CellResult, Problem, SeedResult, SyntheticConfig};
+use balora_formats::atomic::write_atomic;
 use nalgebra::DMatrix;
 use plotters::prelude::*;
 use serde_json::json;
@@ -249,12 +250,6 @@ pub fn write_outputs(
         .map_or((cfg.seed, &[][..]), |r| (r.seed, &r.cells[..]));
     plot(cells, cfg, seed, &svg_path).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(vec![summary_path, csv_path, problems_path, svg_path])
-}
-
-/// Writes `path` atomically and durably (temporary file, `fsync`, rename, folder `fsync`):
-/// [`balora_formats::atomic::write_atomic`]. The error names the path.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    Ok(balora_formats::atomic::write_atomic(path, bytes)?)
 }
 
 fn plot(

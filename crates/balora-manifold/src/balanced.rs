@@ -27,9 +27,7 @@
 //! state (it is decided from the Grams at every step).
 
 use crate::linalg::{split_range, sqrt_and_inv_sqrt, svd_desc};
-use crate::{
-    GaugeTransform, Manifold, ManifoldEntry, ManifoldError, OptionDoc, Options, PairGrams, Refactor,
-};
+use crate::{GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, PairGrams, Refactor};
 use nalgebra::DMatrix;
 
 /// Which balanced point of the gauge orbit to pick.
@@ -208,8 +206,7 @@ impl Manifold for Balanced {
     }
 }
 
-inventory::submit! {
-    ManifoldEntry {
+crate::register_manifold! {
         name: "balanced",
         description: "BaLoRA: re-factor each pair onto BᵀB = AAᵀ after the optimizer step, BA unchanged",
         options: &[
@@ -220,5 +217,4 @@ inventory::submit! {
             OptionDoc { key: "start_ratio", default: "0", help: "scale-aware start: project an adapter only once tr(BᵀB) ≥ start_ratio·tr(AAᵀ)" },
         ],
         build: |opts| Ok(Box::new(Balanced::from_options(opts)?)),
-    }
 }

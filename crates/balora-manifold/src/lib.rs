@@ -36,7 +36,6 @@ pub mod registry;
 pub use diagnostics::{diagnose, PairDiagnostics};
 pub use options::{OptionDoc, OptionValue, Options, OptionsError, Schedule};
 #[doc(hidden)]
-pub use registry::ManifoldEntry;
 pub use registry::{
     build_manifold, manifold_entries, Kind, ManifoldPlugin, Manifolds, PluginEntry, Registry,
     RegistryError,

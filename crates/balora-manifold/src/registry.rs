@@ -152,21 +152,6 @@ impl Kind for Manifolds {
         static REGISTRY: inventory::Registry = inventory::Registry::new();
         &REGISTRY
     }
-    fn extra() -> &'static [PluginEntry<Self>] {
-        static LEGACY: OnceLock<Vec<PluginEntry<Manifolds>>> = OnceLock::new();
-        LEGACY.get_or_init(|| {
-            inventory::iter::<ManifoldEntry>
-                .into_iter()
-                .map(|e| PluginEntry {
-                    name: e.name,
-                    description: e.description,
-                    options: e.options,
-                    build: e.build,
-                    origin: "balora_manifold",
-                })
-                .collect()
-        })
-    }
     fn cache() -> &'static OnceLock<Vec<&'static PluginEntry<Self>>> {
         static CACHE: OnceLock<Vec<&'static PluginEntry<Manifolds>>> = OnceLock::new();
         &CACHE
@@ -175,19 +160,6 @@ impl Kind for Manifolds {
 
 /// A registered manifold.
 pub type ManifoldPlugin = PluginEntry<Manifolds>;
-
-/// The in-crate registration form without an origin (crate-private fields, so its origin is
-/// this crate): still used by `balanced.rs`. Everything else registers with
-/// [`register_manifold!`](crate::register_manifold).
-#[doc(hidden)]
-pub struct ManifoldEntry {
-    pub(crate) name: &'static str,
-    pub(crate) description: &'static str,
-    pub(crate) options: &'static [OptionDoc],
-    pub(crate) build: fn(&Options) -> Result<Box<dyn Manifold>, ManifoldError>,
-}
-
-inventory::collect!(ManifoldEntry);
 
 /// Registers a manifold: `name`, `description`, `options`, `build` as in [`PluginEntry`]; the
 /// origin is the invoking module (`module_path!()`).

@@ -33,10 +33,10 @@ fn start_ratio_is_an_option_in_0_1() {
     assert!(build_manifold("balanced", &ok).is_ok());
     for bad in [-0.1, 1.0, f64::NAN] {
         let o = Options::default().with("start_ratio", OptionValue::Float(bad));
-        let e = build_manifold("balanced", &o)
-            .err()
-            .expect("refused")
-            .to_string();
+        let Err(e) = build_manifold("balanced", &o) else {
+            panic!("start_ratio {bad} accepted");
+        };
+        let e = e.to_string();
         assert!(e.contains("start_ratio"), "{e}");
     }
 }

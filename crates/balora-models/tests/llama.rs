@@ -388,6 +388,8 @@ fn gaussian_init_and_init_std_apply_per_layer_rank_on_llama() {
     let dev = Default::default();
     for init_std in [None, Some(0.01)] {
         let spec = gaussian_spec("q_proj", "v_proj", init_std);
+        // Seeded: a few hundred draws per layer, so an unlucky stream could miss the 30 % band.
+        <B as burn::tensor::backend::Backend>::seed(&dev, 11);
         let (m, _) = attach(load(&t, &w), &spec, &dev).unwrap();
         check_gaussian_init(&a_rms(&m), "v_proj", init_std);
     }

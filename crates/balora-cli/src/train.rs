@@ -243,7 +243,10 @@ where
         stop_after: mopts.stop_after,
         stop: mopts.stop,
         allow_config_change: mopts.allow_config_change,
+        collective: Some(balora_collective::world()?),
     };
+    // In a data-parallel job rank 0 alone writes the adapter.
+    let writer = balora_collective::world()?.rank() == 0;
     B::seed(device, cfg.trainer.seed);
     let meta = |task: &str| AdapterMeta {
         task_type: Some(task.into()),
@@ -268,7 +271,7 @@ where
                 &Objective::causal(),
                 device,
             )?;
-            if o.interrupted.is_none() {
+            if o.interrupted.is_none() && writer {
                 save_adapter_atomic(&o.model, &spec, &meta("CAUSAL_LM"), &adapter_dir)?;
             }
             strip(o)
@@ -286,7 +289,7 @@ where
                 &Objective::classifier(),
                 device,
             )?;
-            if o.interrupted.is_none() {
+            if o.interrupted.is_none() && writer {
                 save_adapter_atomic(&o.model, &spec, &meta("SEQ_CLS"), &adapter_dir)?;
             }
             strip(o)
@@ -384,7 +387,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
     let res = resolve(&cfg)?;
     let inputs = res.inputs(&cfg, a.job.config.as_deref());
-    let run_dir = crate::run_dir::open(&out, &cfg, &inputs, a.allow_config_change)?;
+    // Data-parallel (mpiexec/srun): rank 0 owns the run folder, the others wait until it is set up.
+    let world = balora_collective::world()?;
+    let run_dir = (world.rank() == 0)
+        .then(|| crate::run_dir::open(&out, &cfg, &inputs, a.allow_config_change))
+        .transpose()?;
+    world.barrier()?;
     crate::signals::install();
     let mopts = MethodOpts {
         stop_after: None,
@@ -395,6 +403,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let (base, data) = load_base::<B>(&cfg, &res, &device)?;
         run_method::<B>(&cfg, &base, &data, &out, mopts, &device)?
     })?;
+    balora_collective::finalize();
     if let Some(step) = outcome.interrupted {
         let (name, code) = crate::signals::received().unwrap_or(("a stop request", 130));
         let ck = balora_train::checkpoint::checkpoint_dir(&out.join("checkpoints"), step);
@@ -409,6 +418,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             ),
         }
         .into());
+    }
+    if world.rank() != 0 {
+        return Ok(());
     }
     let wall = start.elapsed().as_secs_f64();
     let plot = out.join("loss.svg");

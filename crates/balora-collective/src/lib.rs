@@ -44,9 +44,6 @@ pub enum CollectiveError {
         /// Number of ranks the launcher announced.
         size: usize,
     },
-    /// `BALORA_COLLECTIVE` names no known implementation.
-    #[error("BALORA_COLLECTIVE={0}: expected `single` or `mpi`")]
-    UnknownKind(String),
     /// MPI could not be initialised (already initialised by someone else, or finalised).
     #[error("MPI initialisation failed: {0}")]
     Init(String),
@@ -171,39 +168,45 @@ pub fn detect_launcher(vars: impl Fn(&str) -> Option<String>) -> Option<Launch> 
     None
 }
 
-/// Chooses the collective for this process from its environment: `BALORA_COLLECTIVE=single|mpi`
-/// forces one; otherwise MPI when [`detect_launcher`] finds a launcher with more than one rank.
+/// Chooses the collective for this process from its environment: MPI when [`detect_launcher`]
+/// finds a launcher with more than one rank, else [`Single`].
 /// A multi-rank launch without the `mpi` feature is [`CollectiveError::NotBuiltWithMpi`].
 /// Initialises MPI: call it once per process (or use [`world`]).
 pub fn from_env() -> Result<Arc<dyn Collective>, CollectiveError> {
     let env = |k: &str| std::env::var(k).ok();
-    let launch = detect_launcher(env);
-    let want_mpi = match env("BALORA_COLLECTIVE").as_deref() {
-        Some("single") => false,
-        Some("mpi") => true,
-        Some(other) => return Err(CollectiveError::UnknownKind(other.into())),
-        None => launch.as_ref().is_some_and(|l| l.size > 1),
-    };
-    if !want_mpi {
+    let Some(launch) = detect_launcher(env).filter(|l| l.size > 1) else {
         return Ok(Arc::new(Single));
-    }
+    };
     #[cfg(feature = "mpi")]
     {
-        Ok(Arc::new(Mpi::init()?))
+        let mpi = Mpi::init()?;
+        if mpi.world_size() != launch.size {
+            tracing::warn!(
+                "{}={} but MPI_COMM_WORLD has {} ranks",
+                launch.var,
+                launch.value,
+                mpi.world_size()
+            );
+        }
+        Ok(Arc::new(mpi))
     }
     #[cfg(not(feature = "mpi"))]
     {
-        let l = launch.unwrap_or(Launch {
-            var: "BALORA_COLLECTIVE".into(),
-            value: "mpi".into(),
-            size: 0,
-        });
         Err(CollectiveError::NotBuiltWithMpi {
-            var: l.var,
-            value: l.value,
-            size: l.size,
+            var: launch.var,
+            value: launch.value,
+            size: launch.size,
         })
     }
+}
+
+/// Ends the process's participation in the job: `MPI_Finalize` when [`world`] initialised MPI
+/// (collective: every rank calls it, after its last collective operation; the collective must
+/// not be used afterwards), nothing otherwise. A rank that exits without it, even with status 0,
+/// makes MPI launchers kill the ranks still running.
+pub fn finalize() {
+    #[cfg(feature = "mpi")]
+    mpi_impl::finalize();
 }
 
 /// The process-wide collective: [`from_env`] on the first call, the same value afterwards (an
@@ -255,20 +258,5 @@ mod tests {
         ));
         assert_eq!(s.all_gather_hash([7; 32]).unwrap(), vec![[7; 32]]);
         assert_eq!((s.rank(), s.world_size()), (0, 1));
-    }
-
-    #[cfg(not(feature = "mpi"))]
-    #[test]
-    fn names_the_feature_when_launched_without_it() {
-        let e = CollectiveError::NotBuiltWithMpi {
-            var: "PMI_SIZE".into(),
-            value: "2".into(),
-            size: 2,
-        };
-        let msg = e.to_string();
-        assert!(
-            msg.contains("--features mpi") && msg.contains("PMI_SIZE=2"),
-            "{msg}"
-        );
     }
 }

@@ -4,21 +4,29 @@ use crate::{check_root, Collective, CollectiveError};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
+use std::sync::Mutex;
 
 /// Elements per MPI call: MPI counts are `int`, so longer buffers go in chunks.
 const CHUNK: usize = 1 << 28;
 
 /// `MPI_COMM_WORLD`. MPI is initialised by [`Mpi::init`] (thread level "funneled": only the
 /// thread that initialised MPI calls it; the trainer's compute threads never do) and finalised
-/// when the value is dropped. MPI's default error handler (`MPI_ERRORS_ARE_FATAL`) stays: a
+/// by [`crate::finalize`] (a rank that exits without it makes the launcher kill the others). MPI's default error handler (`MPI_ERRORS_ARE_FATAL`) stays: a
 /// failing MPI call aborts the job; a rank that exits early (crash, error) makes the launcher
 /// (Hydra, Slurm) kill the others.
 pub struct Mpi {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
-    // Dropped last: MPI_Finalize.
-    _universe: Universe,
+}
+
+/// The MPI environment: dropping it calls `MPI_Finalize`.
+static UNIVERSE: Mutex<Option<Universe>> = Mutex::new(None);
+
+/// Finalises MPI if [`Mpi::init`] initialised it (collective: every rank must call it).
+pub(crate) fn finalize() {
+    let u = UNIVERSE.lock().map(|mut u| u.take());
+    drop(u);
 }
 
 // SAFETY: MPI handles are plain integers (MPICH) or pointers to library objects (Open MPI) that
@@ -48,12 +56,10 @@ impl Mpi {
         let rank = world.rank() as usize;
         let size = world.size() as usize;
         tracing::debug!(rank, size, "MPI initialised");
-        Ok(Self {
-            world,
-            rank,
-            size,
-            _universe: universe,
-        })
+        if let Ok(mut u) = UNIVERSE.lock() {
+            *u = Some(universe);
+        }
+        Ok(Self { world, rank, size })
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod diagnostics;
+pub mod distributed;
 mod grads;
 pub mod loss;
 pub mod plot;

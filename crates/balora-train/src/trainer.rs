@@ -5,6 +5,7 @@ use crate::checkpoint::{
     checkpoint_dir, load_trainable_params, trainable_params, Checkpoint, TrainerState,
 };
 use crate::diagnostics::Snapshot;
+use crate::distributed as dist;
 use crate::grads::clip_grad_norm;
 use crate::loss::BatchLoss;
 use crate::runstate::{MetricsFile, Progress};
@@ -14,7 +15,6 @@ use balora_config::TrainerSection;
 use balora_data::{Batch, Dataset, Example, Loader};
 use balora_models::{CausalLm, SequenceClassifier};
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -138,6 +138,9 @@ pub struct RunOptions {
     pub stop: Option<&'static AtomicBool>,
     /// Resume although the checkpoint's method, steps, lr, warmup or seed differ from this run's.
     pub allow_config_change: bool,
+    /// The ranks of a data-parallel job (none, or one rank: a plain run); rank 0 alone writes
+    /// metrics and checkpoints. See [`crate::distributed`] and docs/distributed.md.
+    pub collective: Option<std::sync::Arc<dyn balora_collective::Collective>>,
 }
 
 /// What a run produced.
@@ -212,8 +215,9 @@ use burn::tensor::ElementConversion;
 /// order, dropout seeds, optimizer state and schedule). With an output folder, a fresh run refuses
 /// existing checkpoints, and `cfg.resume` without an intact checkpoint, or with another method,
 /// steps, lr, warmup or seed (unless [`RunOptions::allow_config_change`]), is an error.
+/// With a [`RunOptions::collective`] of several ranks, an error on any rank aborts the job.
 pub fn train<B, M>(
-    mut model: M,
+    model: M,
     stepper: &mut TrainStepper<B>,
     data: &Dataset,
     cfg: &TrainerSection,
@@ -225,6 +229,21 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
 {
+    let r = run(model, stepper, data, cfg, opts, objective, device);
+    dist::abort_on_error(dist::multi(&opts.collective), r)
+}
+
+fn run<B: AutodiffBackend, M: AutodiffModule<B>>(
+    mut model: M,
+    stepper: &mut TrainStepper<B>,
+    data: &Dataset,
+    cfg: &TrainerSection,
+    opts: &RunOptions,
+    objective: &Objective<B, M>,
+    device: &Device<B>,
+) -> Result<TrainOutcome<M>, TrainError> {
+    let d = dist::multi(&opts.collective);
+    let writer = d.is_none_or(|c| c.rank() == 0);
     if data.train.is_empty() {
         return Err(TrainError::Data("the training set is empty".into()));
     }
@@ -246,7 +265,10 @@ where
         ));
     }
     if let Some(root) = &ckpt_root {
-        let prepared = crate::runstate::prepare(root, cfg, &opts.method, opts.allow_config_change)?;
+        let prepared = match d {
+            Some(c) => dist::resume_point(c, root, cfg, &opts.method, opts.allow_config_change)?,
+            None => crate::runstate::prepare(root, cfg, &opts.method, opts.allow_config_change)?,
+        };
         if let Some(r) = prepared {
             let ck = r.checkpoint;
             model = load_trainable_params(model, &ck.params, &r.dir)?;
@@ -262,9 +284,10 @@ where
             tracing::info!(step = start, "resumed from {}", r.dir.display());
         }
     }
-    let mut metrics = MetricsFile::open(opts.out_dir.as_deref(), cfg.resume.then_some(start))?;
+    let out_dir = opts.out_dir.as_deref().filter(|_| writer);
+    let mut metrics = MetricsFile::open(out_dir, cfg.resume.then_some(start))?;
     let end = opts.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let mut progress = Progress::new(cfg.steps, start, cfg.progress);
+    let mut progress = Progress::new(cfg.steps, start, cfg.progress && writer);
     let pb = progress.bar.clone();
     let mut interrupted = None;
     let mut history = Vec::new();
@@ -280,7 +303,7 @@ where
                 elapsed: f64,
                 lr: f64|
      -> Result<(), TrainError> {
-        if let Some(root) = &ckpt_root {
+        if let Some(root) = ckpt_root.as_ref().filter(|_| writer) {
             let ck = Checkpoint {
                 state: TrainerState {
                     step,
@@ -307,12 +330,13 @@ where
                     tokens: u64,
                     elapsed: f64,
                     before: Option<&Snapshot>|
-     -> Option<MetricRecord> {
+     -> Result<Option<MetricRecord>, TrainError> {
         if data.valid.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let d = crate::diagnostics::stats(before, &crate::diagnostics::snapshot(model));
-        let (loss, acc) = evaluate(
+        let diag = crate::diagnostics::stats(before, &crate::diagnostics::snapshot(model));
+        let (loss, acc) = dist::evaluate_world(
+            d,
             model,
             objective,
             &data.valid,
@@ -320,12 +344,12 @@ where
             cfg.batch_size,
             cfg.eval_batches,
             device,
-        );
+        )?;
         pb.suspend(|| match acc {
             Some(a) => tracing::info!(step, "eval loss {loss:.4}  accuracy {a:.3}"),
             None => tracing::info!(step, "eval loss {loss:.4}  perplexity {:.2}", loss.exp()),
         });
-        Some(MetricRecord {
+        Ok(Some(MetricRecord {
             kind: "eval".into(),
             step,
             loss,
@@ -337,26 +361,26 @@ where
             hook_s: None,
             rank_deficient: None,
             zero_product: None,
-            balance_gap: d.balance_gap,
-            log10_kappa: d.log10_kappa,
-            step_a: d.step_a,
-            step_b: d.step_b,
-            b_over_a: d.b_over_a,
+            balance_gap: diag.balance_gap,
+            log10_kappa: diag.log10_kappa,
+            step_a: diag.step_a,
+            step_b: diag.step_b,
+            b_over_a: diag.b_over_a,
             tokens,
             elapsed_s: elapsed,
-        })
+        }))
     };
     let eval_at = |step: u64| {
         (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) || step == cfg.steps
     };
     if start == 0 && cfg.eval_every > 0 {
-        if let Some(rec) = eval_now(&model, 0, 0, 0.0, None) {
+        if let Some(rec) = eval_now(&model, 0, 0, 0.0, None)? {
             metrics.write(&rec);
             history.push(rec);
         }
     }
     for step in start + 1..=end {
-        if opts.stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
+        if dist::any(d, opts.stop.is_some_and(|f| f.load(Ordering::SeqCst)))? {
             let done = step - 1;
             let have = ckpt_root.as_ref().is_some_and(|r| {
                 checkpoint_dir(r, done)
@@ -378,36 +402,12 @@ where
             break;
         }
         let t0 = Instant::now();
-        // Dropout masks depend only on (seed, step): resumable without saving backend RNG state.
-        B::seed(device, cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step);
         let lr = schedule.lr(step);
         last_lr = lr;
-        let micro: Vec<Batch> = (0..cfg.grad_accum)
-            .map(|_| {
-                let idx = loader.next_indices();
-                Batch::collate(
-                    &idx.iter().map(|&i| &data.train[i]).collect::<Vec<_>>(),
-                    data.pad_id,
-                )
-            })
-            .collect();
-        let denom = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1) as f64;
-        let mut loss_sum = 0.0;
-        let mut grads = if micro.len() == 1 {
-            let out = (objective.train)(&model, &micro[0], device);
-            let loss = out.sum.div_scalar(denom);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            GradientsParams::from_grads(loss.backward(), &model)
-        } else {
-            let mut acc = GradientsAccumulator::<M>::new();
-            for mb in &micro {
-                let out = (objective.train)(&model, mb, device);
-                let loss = out.sum.div_scalar(denom);
-                loss_sum += loss.clone().into_scalar().elem::<f64>();
-                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-            }
-            acc.grads()
-        };
+        // Dropout masks depend only on (seed, step, micro-batch): resumable without saving
+        // backend RNG state, and the same on whichever rank a micro-batch runs.
+        let sg = dist::step_grads(&model, objective, data, &mut loader, cfg, step, d, device)?;
+        let (mut grads, loss_sum) = (sg.grads, sg.loss_sum);
         if !loss_sum.is_finite() {
             return Err(TrainError::Data(format!(
                 "non-finite training loss at step {step} (lr {lr:.3e}); lower trainer.lr"
@@ -428,8 +428,7 @@ where
         let step_s = t0.elapsed().as_secs_f64();
         train_s += step_s;
         hook_s += report.hook_s;
-        let step_tokens: usize = micro.iter().map(Batch::real_tokens).sum();
-        tokens += step_tokens as u64;
+        tokens += sg.real_tokens as u64;
         let rec = MetricRecord {
             kind: "train".into(),
             step,
@@ -463,10 +462,14 @@ where
         );
         let last = step == cfg.steps;
         if eval_at(step) {
-            if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s, before.as_ref()) {
+            if let Some(rec) = eval_now(&model, step, tokens, elapsed0 + train_s, before.as_ref())?
+            {
                 metrics.write(&rec);
                 history.push(rec);
             }
+        }
+        if let Some(c) = d.filter(|_| step % dist::FINGERPRINT_EVERY == 0 || step == end) {
+            dist::check_fingerprint(c, &model, stepper, step)?;
         }
         if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
             || last

@@ -38,4 +38,5 @@ fn main() {
     let hashes = c.all_gather_hash([r as u8; 32]).unwrap();
     assert_eq!(hashes, (0..n).map(|k| [k as u8; 32]).collect::<Vec<_>>());
     println!("selftest rank {r}/{n}: ok");
+    balora_collective::finalize();
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs, set-up included (a Vulkan driver for wgpu, the pinned assets),
 //! then fmt, workspace tests, conformance on ndarray+flex+wgpu, the CLI's backend dispatch, CUDA
-//! type-check, clippy, docs.
+//! type-check, clippy, docs, and a plugin added as one folder plus one line (tests/add_plugin.sh).
 
 use crate::backend::Backend;
 use crate::util::{capture, run, show, Xtask};
@@ -72,6 +72,13 @@ impl Xtask {
             "warnings",
         ]))?;
         self.docs(false)?;
+        // A plugin is one folder plus one line: a copy of plugins/loraplus added to a copy of
+        // the sources is found by name and passes the conformance suite (last: it rebuilds
+        // target/debug/balora-conformance from the copy).
+        run(Command::new("bash")
+            .arg(self.root.join("tests/add_plugin.sh"))
+            .env("CARGO", &self.cargo)
+            .env("BALORA_ADD_PLUGIN_WGPU", if wgpu { "1" } else { "0" }))?;
         eprintln!(
             "\nxtask test: all passed in {:.1} min",
             start.elapsed().as_secs_f64() / 60.0

@@ -15,6 +15,7 @@
 
 mod backend;
 mod commands;
+mod mpi;
 mod util;
 mod vulkan;
 
@@ -118,12 +119,16 @@ enum Cmd {
         #[arg(long)]
         no_doctests: bool,
     },
-    /// The CI test command, set-up included: a Vulkan driver if none (apt, as root), the assets;
-    /// then fmt, workspace tests, conformance on ndarray+flex+wgpu, CUDA build, clippy, docs.
+    /// The CI test command, set-up included: a Vulkan driver and MPICH if none (apt, as root), the
+    /// assets; then fmt, workspace tests, conformance on ndarray+flex+wgpu, the MPI data-parallel
+    /// tests, CUDA build, clippy, docs.
     Test {
         /// Skip the wgpu conformance run and its Vulkan driver set-up (e.g. no driver can be installed).
         #[arg(long)]
         no_wgpu: bool,
+        /// Skip the data-parallel (MPI) tests and their MPICH set-up.
+        #[arg(long)]
+        no_mpi: bool,
     },
 }
 
@@ -180,7 +185,7 @@ fn main() {
         Cmd::PeftRoundtrip => x.peft_roundtrip(),
         Cmd::Assets { args } => x.assets(&args),
         Cmd::Docs { no_doctests } => x.docs(!no_doctests),
-        Cmd::Test { no_wgpu } => x.test(!no_wgpu),
+        Cmd::Test { no_wgpu, no_mpi } => x.test(!no_wgpu, !no_mpi),
     };
     if let Err(e) = result {
         eprintln!("xtask error: {e:#}");

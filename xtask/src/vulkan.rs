@@ -91,7 +91,7 @@ pub fn loader_present() -> bool {
 }
 
 /// Whether `program` is an executable file in a `PATH` directory.
-fn on_path(program: &str) -> bool {
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|d| {
             let p = d.join(program);

@@ -469,14 +469,14 @@ pub fn backend_of(b: balora_config::BackendName) -> crate::backend::BackendKind 
     }
 }
 
-/// `trainer.devices`: one device per run for now (see docs/trainer.md, "Past one device").
+/// `trainer.devices`: one device per process (data parallelism is one process per device under
+/// MPI: docs/distributed.md).
 pub fn check_devices(cfg: &JobConfig) -> Result<()> {
     if cfg.trainer.devices.len() > 1 {
         bail!(
-            "trainer.devices = {:?}: data-parallel training is not wired in yet. burn-train 0.21's \
-             MultiDevice strategy needs a burn `Optimizer` wrapping the adapter optimizer + manifold, \
-             and its DDP strategy needs a `DistributedBackend` (CubeCL backends: cuda/wgpu), which \
-             the CPU backends (flex, ndarray) are not (it also has only one device). Use one device.",
+            "trainer.devices = {:?}: one device per process. For data-parallel training run one \
+             process per device under MPI (`mpiexec -n N balora train …`, a binary built with \
+             `--features mpi`; docs/distributed.md) and give each a single device.",
             cfg.trainer.devices
         );
     }

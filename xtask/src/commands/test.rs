@@ -1,6 +1,7 @@
-//! `cargo xtask test`: what CI runs, set-up included (a Vulkan driver for wgpu, the pinned assets),
-//! then fmt, workspace tests, conformance on ndarray+flex+wgpu, the CLI's backend dispatch, CUDA
-//! type-check, clippy, docs, and a plugin added as one folder plus one line (tests/add_plugin.sh).
+//! `cargo xtask test`: what CI runs, set-up included (a Vulkan driver for wgpu, MPICH for the
+//! data-parallel tests, the pinned assets), then fmt, workspace tests, conformance on
+//! ndarray+flex+wgpu, the CLI's backend dispatch, CUDA type-check, clippy, the MPI tests, docs, and
+//! a plugin added as one folder plus one line (tests/add_plugin.sh).
 
 use crate::backend::Backend;
 use crate::util::{capture, run, show, Xtask};
@@ -10,12 +11,16 @@ use std::process::Command;
 use std::time::Instant;
 
 impl Xtask {
-    pub fn test(&self, wgpu: bool) -> Result<()> {
+    pub fn test(&self, wgpu: bool, mpi: bool) -> Result<()> {
         let start = Instant::now();
         // Set-up, so that this is the whole test command on a fresh machine: a Vulkan driver for
         // the wgpu checks (installed with apt as root, else one sentence naming the command)…
         if wgpu {
             vulkan::ensure_driver()?;
+        }
+        // … MPICH and libclang for the data-parallel tests (same rule)…
+        if mpi {
+            crate::mpi::ensure_mpi()?;
         }
         run(self.cargo().args(["fmt", "--all", "--check"]))?;
         // … and the pinned small real assets (`cargo xtask assets`), after which a test that needs
@@ -71,6 +76,37 @@ impl Xtask {
             "-D",
             "warnings",
         ]))?;
+        // Data parallelism under a real mpiexec: the collective's operations on 2 and 3 ranks, and
+        // `mpiexec -n 2 balora train` equal to one process with grad_accum = 2 bit for bit.
+        if mpi {
+            run(self
+                .cargo()
+                .args(["test", "-p", "balora-collective", "--features", "mpi"]))?;
+            run(self.cargo().args([
+                "test",
+                "-p",
+                "balora-cli",
+                "--features",
+                "mpi",
+                "--test",
+                "mpi_ddp",
+            ]))?;
+            run(self.cargo().args([
+                "clippy",
+                "-p",
+                "balora-collective",
+                "-p",
+                "balora-train",
+                "-p",
+                "balora-cli",
+                "--all-targets",
+                "--features",
+                "balora-cli/mpi",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+        }
         self.docs(false)?;
         // A plugin is one folder plus one line: a copy of plugins/loraplus added to a copy of
         // the sources is found by name and passes the conformance suite (last: it rebuilds

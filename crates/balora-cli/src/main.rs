@@ -6,6 +6,7 @@ mod balance;
 mod bench;
 mod compare;
 mod compare_diag;
+mod compare_grid;
 mod compare_report;
 mod config;
 mod config_cmd;

@@ -1,6 +1,8 @@
 //! Line plots (SVG) of loss curves.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use std::ops::Range;
 use std::path::Path;
 
 const PALETTE: [RGBColor; 8] = [
@@ -13,6 +15,66 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
 ];
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The x range and the (5 % padded) y range of the finite points; a unit box when there are none.
+fn bounds(points: impl Iterator<Item = (f64, f64)>) -> (Range<f64>, Range<f64>) {
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for (x, y) in points.filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    (x0..x1, (y0 - pad)..(y1 + pad))
+}
+
+/// A 720×440 SVG chart at `path` with title, axes and mesh over `frame`; `draw` adds the series,
+/// then the legend is drawn.
+fn framed(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    frame: (Range<f64>, Range<f64>),
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> PlotResult,
+) -> PlotResult {
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(frame.0, frame.1)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    draw(&mut chart)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
 
 /// One curve.
 #[derive(Debug, Clone)]
@@ -33,58 +95,22 @@ pub fn line_plot(
     y_desc: &str,
     series: &[Series],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let pts = series.iter().flat_map(|s| s.points.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-    );
-    for &(x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .draw()?;
-    for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let style = if s.thin {
-            color.mix(0.45).stroke_width(1)
-        } else {
-            color.stroke_width(2)
-        };
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), style))?
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let frame = bounds(series.iter().flat_map(|s| s.points.iter().copied()));
+    framed(path, title, x_desc, y_desc, frame, |chart| {
+        for (i, s) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let style = if s.thin {
+                color.mix(0.45).stroke_width(1)
+            } else {
+                color.stroke_width(2)
+            };
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), style))?
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        }
+        Ok(())
+    })
 }
 
 /// The loss plot of one run: training loss (thin) and evaluation loss vs step.
@@ -246,59 +272,26 @@ pub fn band_plot(
     y_desc: &str,
     bands: &[Band],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let (mut x0, mut x1, mut y0, mut y1) = (
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
+    let frame = bounds(
+        bands
+            .iter()
+            .flat_map(|b| b.points.iter().flat_map(|p| [(p.0, p.2), (p.0, p.3)])),
     );
-    for &(x, _, lo, hi) in bands.iter().flat_map(|b| b.points.iter()) {
-        if x.is_finite() && lo.is_finite() && hi.is_finite() {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(lo);
-            y1 = y1.max(hi);
+    framed(path, title, x_desc, y_desc, frame, |chart| {
+        for (i, b) in bands.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let mut poly: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.3)).collect();
+            poly.extend(b.points.iter().rev().map(|p| (p.0, p.2)));
+            chart.draw_series(std::iter::once(Polygon::new(
+                poly,
+                color.mix(0.18).filled(),
+            )))?;
+            let style = color.stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(b.points.iter().map(|p| (p.0, p.1)), style))?
+                .label(b.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
-    }
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .draw()?;
-    for (i, b) in bands.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let mut poly: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.3)).collect();
-        poly.extend(b.points.iter().rev().map(|p| (p.0, p.2)));
-        chart.draw_series(std::iter::once(Polygon::new(
-            poly,
-            color.mix(0.18).filled(),
-        )))?;
-        let style = color.stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(b.points.iter().map(|p| (p.0, p.1)), style))?
-            .label(b.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        Ok(())
+    })
 }

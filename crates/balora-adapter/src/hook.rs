@@ -77,7 +77,7 @@ pub fn grams_of<B: Backend>(pairs: &[PairSlot<B>]) -> Vec<PairGrams> {
             };
             let aat = take(&mut off);
             let btb = take(&mut off);
-            measured_grams(aat, btb)
+            PairGrams::measured(aat, btb)
         })
         .collect()
 }
@@ -92,12 +92,6 @@ pub enum HookPath {
     Auto,
     /// Always burn tensor ops: one batched Gram transfer, one upload of all transforms.
     TensorOps,
-}
-
-/// Grams as measured: symmetrised when finite, kept as they are otherwise (the hook rejects
-/// non-finite Grams with the adapter's name before any decision).
-pub(crate) fn measured_grams(aat: DMatrix<f64>, btb: DMatrix<f64>) -> PairGrams {
-    PairGrams::new(aat.clone(), btb.clone()).unwrap_or(PairGrams { aat, btb })
 }
 
 /// Runs `manifold` on every adapter of `module` after optimizer step `step` (1-based).
@@ -265,9 +259,9 @@ fn host_outcomes<B: Backend>(
     pairs: &[PairSlot<B>],
     manifold: &dyn Manifold,
 ) -> Option<Result<Vec<Outcome<B>>, ManifoldHookError>> {
-    let host: Vec<crate::host::HostPair> = pairs
+    let host: Vec<crate::inplace::HostPair> = pairs
         .iter()
-        .map(crate::host::HostPair::of)
+        .map(crate::inplace::HostPair::of)
         .collect::<Option<_>>()?;
     let outcomes = pairs
         .par_iter()

@@ -29,7 +29,7 @@
 mod config;
 mod hook;
 #[cfg(feature = "ndarray")]
-mod host;
+mod inplace;
 mod linear;
 mod params;
 mod patterns;

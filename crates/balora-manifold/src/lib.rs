@@ -75,6 +75,12 @@ pub struct PairGrams {
 }
 
 impl PairGrams {
+    /// Grams as measured: symmetrised when finite, kept as they are otherwise (the hook rejects
+    /// non-finite Grams with the adapter's name before any decision).
+    pub fn measured(aat: DMatrix<f64>, btb: DMatrix<f64>) -> Self {
+        Self::new(aat.clone(), btb.clone()).unwrap_or(Self { aat, btb })
+    }
+
     /// Checks shapes and finiteness and symmetrises both matrices.
     pub fn new(aat: DMatrix<f64>, btb: DMatrix<f64>) -> Result<Self, ManifoldError> {
         let r = aat.nrows();

@@ -1,7 +1,7 @@
 //! Exporting a model's (possibly merged) weights under Hugging Face names and layout.
 
 use crate::bert::{BertForSequenceClassification, BertModel};
-use crate::host::AdapterHost;
+use crate::linears::AdapterHost;
 use crate::llama::LlamaForCausalLm;
 use crate::weights::to_vec;
 use balora_adapter::LoraLinear;

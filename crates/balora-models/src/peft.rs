@@ -3,7 +3,7 @@
 //! `[out, r]`) and config fields. Every model is in Hugging Face layout (a GGUF's q/k rows are
 //! un-permuted at load), so the factors are written and read as they are.
 
-use crate::host::AdapterHost;
+use crate::linears::AdapterHost;
 use crate::surgery::{layer_adapter, unfreeze};
 use crate::weights::{to_vec, Weights};
 use crate::ModelError;

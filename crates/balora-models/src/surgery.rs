@@ -3,7 +3,7 @@
 //! adapter configuration, also the TOML `[adapter]` section and, via [`crate::peft`], PEFT's
 //! `adapter_config.json`); each layer's values come from [`LoraConfig::resolve`].
 
-use crate::host::{AdapterHost, LinearInfo};
+use crate::linears::{AdapterHost, LinearInfo};
 use crate::ModelError;
 use balora_adapter::{name_matches, LayerLora, LoraConfig, LoraConfigError, LoraLinear};
 use burn::module::Module;

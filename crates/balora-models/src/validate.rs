@@ -13,7 +13,7 @@
 //! * [`check_adapter_pairs`]: the shapes of every `lora_A`/`lora_B` pair of an adapter file;
 //! * [`check_adapter_ranks`]: a rank against the layers it is attached to.
 
-use crate::host::AdapterHost;
+use crate::linears::AdapterHost;
 use crate::llama::LlamaConfig;
 use crate::surgery::{is_targeted, layer_adapter};
 use crate::weights::MemWeights;

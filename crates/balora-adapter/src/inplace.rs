@@ -61,7 +61,7 @@ impl HostPair {
             }
             _ => unreachable!("HostPair::of admits only F32/F64 pairs"),
         };
-        crate::hook::measured_grams(aat, btb)
+        PairGrams::measured(aat, btb)
     }
 
     /// `(Q·A, B·P)` as row-major data of A's and B's shapes, in the factors' precision.

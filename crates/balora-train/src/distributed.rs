@@ -7,7 +7,7 @@
 //! accumulates them (`((g₀ + g₁) + g₂) + …`), so every rank ends the step with the single
 //! process's gradients, bit for bit. Clipping, the optimizer and the manifold hook then run
 //! unchanged on every rank, which therefore hold identical adapters and optimizer states (checked
-//! by [`check_fingerprint`]). Gradients are flattened in module-path order ([`GradLayout`]),
+//! by `check_fingerprint`). Gradients are flattened in module-path order ([`GradLayout`]),
 //! never in `ParamId` order: ids are random per process.
 //!
 //! The sum of two terms is commutative in IEEE arithmetic, so with `g·W = 2` one all-reduce of the

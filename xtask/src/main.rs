@@ -15,6 +15,7 @@
 
 mod backend;
 mod commands;
+mod disk;
 mod mpi;
 mod util;
 mod vulkan;

@@ -4,6 +4,7 @@
 //! a plugin added as one folder plus one line (tests/add_plugin.sh).
 
 use crate::backend::Backend;
+use crate::disk;
 use crate::util::{capture, run, show, Xtask};
 use crate::vulkan;
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use std::time::Instant;
 impl Xtask {
     pub fn test(&self, wgpu: bool, mpi: bool) -> Result<()> {
         let start = Instant::now();
+        disk::report(&self.target, "at the start");
         // Set-up, so that this is the whole test command on a fresh machine: a Vulkan driver for
         // the wgpu checks (installed with apt as root, else one sentence naming the command)…
         if wgpu {
@@ -42,6 +44,8 @@ impl Xtask {
                 fuzz_summary.display()
             ),
         }
+        disk::report(&self.target, "after the workspace tests");
+        disk::prune_if_low(&self.target, "the workspace tests");
         // The heavy feature set, built once: wgpu runs (lavapipe on CPU machines), cuda is built
         // and reports "skipped: no usable device" without a GPU.
         // CUDA is type-checked only (below): building its kernels' host code would add a third
@@ -58,6 +62,8 @@ impl Xtask {
         // for every GPU backend, and a missing driver is one sentence, not a panic.
         self.build_cli(&backends)?;
         self.cli_backend_smoke(wgpu)?;
+        disk::report(&self.target, "after conformance and the CLI smoke runs");
+        disk::prune_if_low(&self.target, "conformance and the CLI smoke runs");
         run(self.cargo().args([
             "check",
             "-p",
@@ -107,6 +113,8 @@ impl Xtask {
                 "warnings",
             ]))?;
         }
+        disk::report(&self.target, "after clippy and the MPI tests");
+        disk::prune_if_low(&self.target, "clippy and the MPI tests");
         self.docs(false)?;
         // A plugin is one folder plus one line: a copy of plugins/loraplus added to a copy of
         // the sources is found by name and passes the conformance suite (last: it rebuilds
@@ -115,6 +123,7 @@ impl Xtask {
             .arg(self.root.join("tests/add_plugin.sh"))
             .env("CARGO", &self.cargo)
             .env("BALORA_ADD_PLUGIN_WGPU", if wgpu { "1" } else { "0" }))?;
+        disk::report(&self.target, "after the plugin check");
         eprintln!(
             "\nxtask test: all passed in {:.1} min",
             start.elapsed().as_secs_f64() / 60.0

@@ -27,7 +27,10 @@
 //! state (it is decided from the Grams at every step).
 
 use crate::linalg::{split_range, sqrt_and_inv_sqrt, svd_desc};
-use crate::{GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, PairGrams, Refactor};
+use crate::{
+    GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, OptionsError, PairGrams, Refactor,
+    Schedule,
+};
 use nalgebra::DMatrix;
 
 /// Which balanced point of the gauge orbit to pick.
@@ -115,6 +118,14 @@ fn complement_basis(w: &DMatrix<f64>) -> DMatrix<f64> {
     split_range(&proj, 0.5).0
 }
 
+/// The `rank_tol` option of manifolds that leave null gauge directions alone (`balanced`,
+/// `orthonormal`): a relative eigenvalue in (0, 1), default [`DEFAULT_RANK_TOL`].
+pub fn rank_tol_option(opts: &Options) -> Result<f64, OptionsError> {
+    opts.f64_where("rank_tol", DEFAULT_RANK_TOL, "in (0, 1)", |v| {
+        v > 0.0 && v < 1.0
+    })
+}
+
 /// The BaLoRA manifold: balance every adapter after the optimizer step.
 #[derive(Debug, Clone)]
 pub struct Balanced {
@@ -154,34 +165,14 @@ impl Balanced {
             "canonical" => Gauge::Canonical,
             _ => Gauge::Closest,
         };
-        let every = opts.u64_or("every", 1)?;
-        if every == 0 {
-            return Err(crate::OptionsError::BadValue {
-                key: "every".into(),
-                message: "must be ≥ 1".into(),
-            }
-            .into());
-        }
-        let rank_tol = opts.f64_or("rank_tol", DEFAULT_RANK_TOL)?;
-        if !(rank_tol > 0.0 && rank_tol < 1.0) {
-            return Err(crate::OptionsError::BadValue {
-                key: "rank_tol".into(),
-                message: format!("must be in (0, 1), got {rank_tol}"),
-            }
-            .into());
-        }
-        let start_ratio = opts.f64_or("start_ratio", 0.0)?;
-        if !(0.0..1.0).contains(&start_ratio) {
-            return Err(crate::OptionsError::BadValue {
-                key: "start_ratio".into(),
-                message: format!("must be in [0, 1), got {start_ratio}"),
-            }
-            .into());
-        }
+        let Schedule { every, start_step } = Schedule::from_options(opts)?;
+        let rank_tol = rank_tol_option(opts)?;
+        let start_ratio =
+            opts.f64_where("start_ratio", 0.0, "in [0, 1)", |v| (0.0..1.0).contains(&v))?;
         Ok(Self {
             gauge,
             every,
-            start_step: opts.u64_or("start_step", 1)?.max(1),
+            start_step,
             rank_tol,
             start_ratio,
         })
@@ -196,7 +187,8 @@ impl Manifold for Balanced {
         }
     }
     fn applies_at(&self, step: u64) -> bool {
-        step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
+        let (every, start_step) = (self.every, self.start_step);
+        Schedule { every, start_step }.applies_at(step)
     }
     fn refactor(&self, grams: &PairGrams) -> Result<Option<Refactor>, ManifoldError> {
         if self.start_ratio > 0.0 && grams.btb.trace() < self.start_ratio * grams.aat.trace() {

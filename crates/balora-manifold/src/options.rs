@@ -96,6 +96,31 @@ impl Options {
         }
     }
 
+    /// A float option that must satisfy `valid`, e.g. `|v| (0.0..1.0).contains(&v)` with
+    /// `must_be = "in [0, 1)"`; otherwise [`OptionsError::BadValue`] saying
+    /// "must be {must_be}, got {v}". NaN fails every range written with comparisons.
+    ///
+    /// ```
+    /// use balora_manifold::{OptionValue, Options};
+    /// let opts = Options::default().with("ratio", OptionValue::Float(-1.0));
+    /// let err = opts.f64_where("ratio", 16.0, "> 0", |v| v > 0.0).unwrap_err();
+    /// assert_eq!(err.to_string(), "bad value for `ratio`: must be > 0, got -1");
+    /// ```
+    pub fn f64_where(
+        &self,
+        key: &str,
+        default: f64,
+        must_be: &str,
+        valid: impl FnOnce(f64) -> bool,
+    ) -> Result<f64, OptionsError> {
+        let v = self.f64_or(key, default)?;
+        if valid(v) {
+            Ok(v)
+        } else {
+            Err(bad(key, format!("must be {must_be}, got {v}")))
+        }
+    }
+
     /// A non-negative integer option.
     pub fn u64_or(&self, key: &str, default: u64) -> Result<u64, OptionsError> {
         match self.0.get(key) {

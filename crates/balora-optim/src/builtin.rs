@@ -1,8 +1,8 @@
 //! Built-in optimizers: SGD (momentum), AdamW (with optional moment transport), sign descent.
 
-use crate::rules::{adamw_update, sgd_update, sign_update, AdamWParams, StateStore};
+use crate::rules::{adamw_update, sgd_update, sign_update, AdamWParams, SgdParams, StateStore};
 use crate::transport::TransportMode;
-use crate::{AdapterOptimizer, OptimError, OptimizerFactory, Options, PairStep};
+use crate::{AdapterOptimizer, OptimError, OptimizerFactory, Options, OptionsError, PairStep};
 use balora_manifold::OptionDoc;
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -33,41 +33,54 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// Parses AdamW options (`beta1`, `beta2`, `eps`, `weight_decay`) with extra allowed keys.
+/// The option keys of [`adamw_params`].
+const ADAMW_KEYS: [&str; 4] = ["beta1", "beta2", "eps", "weight_decay"];
+
+/// The option keys of [`sgd_params`].
+const SGD_KEYS: [&str; 2] = ["momentum", "weight_decay"];
+
+/// Unknown keys of `section` are an error unless in `keys` or `extra`.
+fn reject_unknown(
+    opts: &Options,
+    section: &str,
+    keys: &[&str],
+    extra: &[&str],
+) -> Result<(), OptimError> {
+    let allowed: Vec<&str> = keys.iter().chain(extra).copied().collect();
+    Ok(opts.reject_unknown(section, &allowed)?)
+}
+
+/// The decay of a running average (β, μ): in [0, 1).
+fn decay(opts: &Options, key: &str, default: f64) -> Result<f64, OptionsError> {
+    opts.f64_where(key, default, "in [0, 1)", |v| (0.0..1.0).contains(&v))
+}
+
+/// The AdamW options of an optimizer's `section` (`beta1`, `beta2` in [0, 1), `eps` > 0,
+/// `weight_decay` ≥ 0; defaults [`AdamWParams::default`]); keys other than these and `extra`
+/// are an error naming the section. Optimizers built on AdamW (the built-in, `loraplus`,
+/// `riemannian`'s AdamW base) parse their AdamW part with it.
 pub fn adamw_params(
     opts: &Options,
     section: &str,
     extra: &[&str],
 ) -> Result<AdamWParams, OptimError> {
-    let mut allowed = vec!["beta1", "beta2", "eps", "weight_decay"];
-    allowed.extend_from_slice(extra);
-    opts.reject_unknown(section, &allowed)?;
+    reject_unknown(opts, section, &ADAMW_KEYS, extra)?;
     let d = AdamWParams::default();
-    let hp = AdamWParams {
-        beta1: opts.f64_or("beta1", d.beta1)?,
-        beta2: opts.f64_or("beta2", d.beta2)?,
-        eps: opts.f64_or("eps", d.eps)?,
-        weight_decay: opts.f64_or("weight_decay", d.weight_decay)?,
-    };
-    for (k, v) in [("beta1", hp.beta1), ("beta2", hp.beta2)] {
-        if !(0.0..1.0).contains(&v) {
-            return Err(OptionsError(k, format!("must be in [0, 1), got {v}")));
-        }
-    }
-    if hp.eps <= 0.0 || hp.weight_decay < 0.0 {
-        return Err(OptionsError(
-            "eps",
-            "eps must be > 0 and weight_decay ≥ 0".into(),
-        ));
-    }
-    Ok(hp)
+    Ok(AdamWParams {
+        beta1: decay(opts, "beta1", d.beta1)?,
+        beta2: decay(opts, "beta2", d.beta2)?,
+        eps: opts.f64_where("eps", d.eps, "> 0", |v| v > 0.0)?,
+        weight_decay: opts.f64_where("weight_decay", d.weight_decay, "≥ 0", |v| v >= 0.0)?,
+    })
 }
 
-#[allow(non_snake_case)]
-fn OptionsError(key: &str, message: String) -> OptimError {
-    OptimError::Options(crate::OptionsError::BadValue {
-        key: key.into(),
-        message,
+/// The SGD options of an optimizer's `section` (`momentum` in [0, 1), `weight_decay` ≥ 0, both
+/// default 0); keys other than these and `extra` are an error naming the section.
+pub fn sgd_params(opts: &Options, section: &str, extra: &[&str]) -> Result<SgdParams, OptimError> {
+    reject_unknown(opts, section, &SGD_KEYS, extra)?;
+    Ok(SgdParams {
+        momentum: decay(opts, "momentum", 0.0)?,
+        weight_decay: opts.f64_where("weight_decay", 0.0, "≥ 0", |v| v >= 0.0)?,
     })
 }
 
@@ -99,10 +112,8 @@ impl<B: Backend> AdapterOptimizer<B> for AdamW<B> {
 /// SGD with optional momentum and decoupled weight decay.
 #[derive(Debug, Clone)]
 pub struct Sgd<B: Backend> {
-    /// Momentum μ (0 = plain gradient descent).
-    pub momentum: f64,
-    /// Decoupled weight decay.
-    pub weight_decay: f64,
+    /// Momentum and weight decay.
+    pub hp: SgdParams,
     /// Transport the momentum buffer across re-factorisations.
     pub transport: bool,
     store: StateStore<B>,
@@ -110,10 +121,9 @@ pub struct Sgd<B: Backend> {
 
 impl<B: Backend> Sgd<B> {
     /// A fresh optimizer.
-    pub fn new(momentum: f64, weight_decay: f64, transport: bool) -> Self {
+    pub fn new(hp: SgdParams, transport: bool) -> Self {
         Self {
-            momentum,
-            weight_decay,
+            hp,
             transport,
             store: StateStore::new(&["m"]),
         }
@@ -126,22 +136,21 @@ impl<B: Backend> AdapterOptimizer<B> for Sgd<B> {
     }
     fn step_pair(&mut self, key: &str, lr: f64, p: PairStep<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let (ka, kb) = factor_keys(key);
-        let (mu, wd) = (self.momentum, self.weight_decay);
+        let SgdParams {
+            momentum: mu,
+            weight_decay: wd,
+        } = self.hp;
         (
             sgd_update(&mut self.store, &ka, mu, wd, lr, p.a, p.grad_a),
             sgd_update(&mut self.store, &kb, mu, wd, lr, p.b, p.grad_b),
         )
     }
     fn step_param(&mut self, key: &str, lr: f64, v: Tensor<B, 1>, g: Tensor<B, 1>) -> Tensor<B, 1> {
-        sgd_update(
-            &mut self.store,
-            key,
-            self.momentum,
-            self.weight_decay,
-            lr,
-            v,
-            g,
-        )
+        let SgdParams {
+            momentum,
+            weight_decay,
+        } = self.hp;
+        sgd_update(&mut self.store, key, momentum, weight_decay, lr, v, g)
     }
     fn moment_transport(&self) -> Option<TransportMode> {
         let first = if self.transport {
@@ -149,7 +158,7 @@ impl<B: Backend> AdapterOptimizer<B> for Sgd<B> {
         } else {
             TransportMode::Off
         };
-        (self.momentum != 0.0).then_some(first)
+        (self.hp.momentum != 0.0).then_some(first)
     }
     fn store(&self) -> Option<&StateStore<B>> {
         Some(&self.store)
@@ -198,17 +207,12 @@ impl OptimizerFactory for AdamWFactory {
 }
 
 struct SgdFactory {
-    momentum: f64,
-    weight_decay: f64,
+    hp: SgdParams,
     transport: bool,
 }
 impl OptimizerFactory for SgdFactory {
     fn build<B: Backend>(&self) -> Box<dyn AdapterOptimizer<B>> {
-        Box::new(Sgd::<B>::new(
-            self.momentum,
-            self.weight_decay,
-            self.transport,
-        ))
+        Box::new(Sgd::<B>::new(self.hp, self.transport))
     }
 }
 
@@ -244,10 +248,8 @@ crate::register_optimizer! {
         OptionDoc { key: "transport", default: "false", help: "carry the momentum buffer into the manifold's new gauge" },
     ],
     build: |opts| {
-        opts.reject_unknown("optimizer.sgd", &["momentum", "weight_decay", "transport"])?;
         Ok(Box::new(SgdFactory {
-            momentum: opts.f64_or("momentum", 0.0)?,
-            weight_decay: opts.f64_or("weight_decay", 0.0)?,
+            hp: sgd_params(opts, "optimizer.sgd", &["transport"])?,
             transport: opts.bool_or("transport", false)?,
         }))
     },

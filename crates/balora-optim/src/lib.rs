@@ -33,7 +33,7 @@ pub use balora_manifold::{
     GaugeTransform, OptionDoc, OptionValue, Options, OptionsError, PairGrams, PluginEntry,
     Registry, RegistryError,
 };
-pub use builtin::{adamw_params, factor_keys, AdamW, Sgd, SignDescent};
+pub use builtin::{adamw_params, factor_keys, sgd_params, AdamW, Sgd, SignDescent};
 pub use driver::OptimizerDriver;
 pub use registry::{
     build_optimizer, optimizer_entries, ErasedFactory, OptimizerEntry, OptimizerFactory,

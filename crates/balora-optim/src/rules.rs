@@ -21,8 +21,7 @@ pub struct Slot<B: Backend> {
 /// State store keyed by tensor key (e.g. `layers.0.q_proj.adapter.A`).
 #[derive(Debug, Clone)]
 pub struct StateStore<B: Backend> {
-    /// Buffers per key.
-    pub slots: BTreeMap<String, Slot<B>>,
+    slots: BTreeMap<String, Slot<B>>,
     names: &'static [&'static str],
 }
 
@@ -38,6 +37,11 @@ impl<B: Backend> StateStore<B> {
     /// The buffer names, in slot order.
     pub fn names(&self) -> &'static [&'static str] {
         self.names
+    }
+
+    /// The slot of `key` if it has taken a step (or was imported).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Slot<B>> {
+        self.slots.get_mut(key)
     }
 
     /// The slot of `key`, zero-initialised like `like` on first use.
@@ -128,6 +132,15 @@ impl Default for AdamWParams {
             weight_decay: 0.0,
         }
     }
+}
+
+/// Hyper-parameters of SGD.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SgdParams {
+    /// Momentum μ (0 = plain gradient descent, no state).
+    pub momentum: f64,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f64,
 }
 
 /// One AdamW update of `param` (any rank) with state in `store[key]` (buffers `m`, `v`).

@@ -131,13 +131,13 @@ fn apply_to_slots<B: Backend>(
 ) {
     let r = left.nrows();
     let (ka, kb) = factor_keys(key);
-    if let Some(slot) = store.slots.get_mut(&ka) {
+    if let Some(slot) = store.get_mut(&ka) {
         let m = slot.bufs[buf].clone();
         let n = m.dims()[0];
         let l = upload::<B>(left, &m.device());
         slot.bufs[buf] = l.matmul(m.reshape([r, n / r])).reshape([n]);
     }
-    if let Some(slot) = store.slots.get_mut(&kb) {
+    if let Some(slot) = store.get_mut(&kb) {
         let m = slot.bufs[buf].clone();
         let n = m.dims()[0];
         let rt = upload::<B>(right, &m.device());

@@ -22,7 +22,7 @@
 use balora_optim::rules::{adamw_update, AdamWParams, StateStore};
 use balora_optim::{
     adamw_params, factor_keys, AdapterOptimizer, OptimError, OptimizerFactory, OptionDoc, Options,
-    OptionsError, PairStep, TransportMode,
+    PairStep, TransportMode,
 };
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -107,14 +107,9 @@ impl LoraPlusFactory {
     /// From config options: the AdamW keys plus `ratio` and `transport`.
     pub fn from_options(opts: &Options) -> Result<Self, OptimError> {
         let hp = adamw_params(opts, "optimizer.loraplus", &["ratio", "transport"])?;
-        let ratio = opts.f64_or("ratio", DEFAULT_RATIO)?;
-        if !(ratio.is_finite() && ratio > 0.0) {
-            return Err(OptionsError::BadValue {
-                key: "ratio".into(),
-                message: format!("must be a positive number, got {ratio}"),
-            }
-            .into());
-        }
+        let ratio = opts.f64_where("ratio", DEFAULT_RATIO, "a positive number", |v| {
+            v.is_finite() && v > 0.0
+        })?;
         Ok(Self {
             hp,
             ratio,

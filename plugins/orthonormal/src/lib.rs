@@ -30,11 +30,11 @@
 //! assert!((&b2 * &a2 - &b * &a).norm() < 1e-12);
 //! ```
 
-use balora_manifold::balanced::DEFAULT_RANK_TOL;
+use balora_manifold::balanced::{rank_tol_option, DEFAULT_RANK_TOL};
 use balora_manifold::linalg::{split_range, sqrt_and_inv_sqrt};
 use balora_manifold::{
-    DMatrix, GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, OptionsError, PairGrams,
-    Refactor, Schedule,
+    DMatrix, GaugeTransform, Manifold, ManifoldError, OptionDoc, Options, PairGrams, Refactor,
+    Schedule,
 };
 
 /// The transform that orthonormalises A's rows (on A's active range), or the identity with
@@ -91,18 +91,10 @@ impl Orthonormal {
     pub fn from_options(opts: &Options) -> Result<Self, ManifoldError> {
         opts.reject_unknown("manifold.orthonormal", &["every", "start_step", "rank_tol"])?;
         let schedule = Schedule::from_options(opts)?;
-        let rank_tol = opts.f64_or("rank_tol", DEFAULT_RANK_TOL)?;
-        if !(rank_tol > 0.0 && rank_tol < 1.0) {
-            return Err(OptionsError::BadValue {
-                key: "rank_tol".into(),
-                message: format!("must be in (0, 1), got {rank_tol}"),
-            }
-            .into());
-        }
         Ok(Self {
             every: schedule.every,
             start_step: schedule.start_step,
-            rank_tol,
+            rank_tol: rank_tol_option(opts)?,
         })
     }
 }

@@ -32,10 +32,10 @@
 //! ```
 
 use balora_manifold::DMatrix;
-use balora_optim::rules::{adamw_update, sgd_update, AdamWParams, StateStore};
+use balora_optim::rules::{adamw_update, sgd_update, AdamWParams, SgdParams, StateStore};
 use balora_optim::{
-    adamw_params, factor_keys, upload, AdapterOptimizer, MomentKind, OptimError, OptimizerFactory,
-    OptionDoc, Options, OptionsError, PairGrams, PairStep, TransportMode,
+    adamw_params, factor_keys, sgd_params, upload, AdapterOptimizer, MomentKind, OptimError,
+    OptimizerFactory, OptionDoc, Options, PairGrams, PairStep, TransportMode,
 };
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -46,12 +46,7 @@ pub const DEFAULT_DELTA: f64 = 1e-6;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum BaseRule {
     /// SGD with momentum μ (0 = none) and decoupled weight decay.
-    Sgd {
-        /// μ.
-        momentum: f64,
-        /// Decoupled weight decay.
-        weight_decay: f64,
-    },
+    Sgd(SgdParams),
     /// AdamW.
     AdamW(AdamWParams),
 }
@@ -89,7 +84,7 @@ impl<B: Backend> Riemannian<B> {
     /// A fresh optimizer.
     pub fn new(base: BaseRule, delta: f64, transport: TransportMode) -> Self {
         let names: &'static [&'static str] = match base {
-            BaseRule::Sgd { .. } => &["m"],
+            BaseRule::Sgd(_) => &["m"],
             BaseRule::AdamW(_) => &["m", "v"],
         };
         Self {
@@ -108,10 +103,10 @@ impl<B: Backend> Riemannian<B> {
         grad: Tensor<B, D>,
     ) -> Tensor<B, D> {
         match self.base {
-            BaseRule::Sgd {
+            BaseRule::Sgd(SgdParams {
                 momentum,
                 weight_decay,
-            } => sgd_update(
+            }) => sgd_update(
                 &mut self.store,
                 key,
                 momentum,
@@ -134,7 +129,7 @@ fn grams_on_device<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> PairGrams 
     };
     let aat = host(a.clone().matmul(a.clone().transpose()));
     let btb = host(b.clone().transpose().matmul(b.clone()));
-    PairGrams::new(aat.clone(), btb.clone()).unwrap_or(PairGrams { aat, btb })
+    PairGrams::measured(aat, btb)
 }
 
 impl<B: Backend> AdapterOptimizer<B> for Riemannian<B> {
@@ -166,7 +161,7 @@ impl<B: Backend> AdapterOptimizer<B> for Riemannian<B> {
     }
 
     fn moment_transport(&self) -> Option<TransportMode> {
-        let no_momentum = matches!(self.base, BaseRule::Sgd { momentum, .. } if momentum == 0.0);
+        let no_momentum = matches!(self.base, BaseRule::Sgd(hp) if hp.momentum == 0.0);
         (!no_momentum).then_some(self.transport)
     }
 
@@ -197,60 +192,21 @@ pub struct RiemannianFactory {
     pub transport: TransportMode,
 }
 
-fn bad(key: &str, message: String) -> OptimError {
-    OptionsError::BadValue {
-        key: key.into(),
-        message,
-    }
-    .into()
-}
-
 impl RiemannianFactory {
     /// From config options: `base`, `delta`, `transport`, and the base rule's keys
     /// (`momentum`, `weight_decay` for SGD; `beta1`, `beta2`, `eps`, `weight_decay` for AdamW).
     pub fn from_options(opts: &Options) -> Result<Self, OptimError> {
         const SECTION: &str = "optimizer.riemannian";
+        const OWN: [&str; 3] = ["base", "delta", "transport"];
         let base = match opts.choice_or("base", "adamw", &["sgd", "adamw"])? {
-            "sgd" => {
-                opts.reject_unknown(
-                    SECTION,
-                    &["base", "delta", "transport", "momentum", "weight_decay"],
-                )?;
-                let momentum = opts.f64_or("momentum", 0.0)?;
-                let weight_decay = opts.f64_or("weight_decay", 0.0)?;
-                if !(0.0..1.0).contains(&momentum) {
-                    return Err(bad(
-                        "momentum",
-                        format!("must be in [0, 1), got {momentum}"),
-                    ));
-                }
-                if weight_decay < 0.0 {
-                    return Err(bad(
-                        "weight_decay",
-                        format!("must be ≥ 0, got {weight_decay}"),
-                    ));
-                }
-                BaseRule::Sgd {
-                    momentum,
-                    weight_decay,
-                }
-            }
-            _ => BaseRule::AdamW(adamw_params(
-                opts,
-                SECTION,
-                &["base", "delta", "transport"],
-            )?),
+            "sgd" => BaseRule::Sgd(sgd_params(opts, SECTION, &OWN)?),
+            _ => BaseRule::AdamW(adamw_params(opts, SECTION, &OWN)?),
         };
-        let delta = opts.f64_or("delta", DEFAULT_DELTA)?;
-        if !(delta.is_finite() && delta > 0.0) {
-            return Err(bad(
-                "delta",
-                format!("must be a positive number, got {delta}"),
-            ));
-        }
         Ok(Self {
             base,
-            delta,
+            delta: opts.f64_where("delta", DEFAULT_DELTA, "a positive number", |v| {
+                v.is_finite() && v > 0.0
+            })?,
             transport: TransportMode::from_options(opts)?,
         })
     }

@@ -9,6 +9,7 @@
 //! gradients and re-factoring are `balora_optim::testkit`'s.
 
 use balora_manifold::DMatrix;
+use balora_optim::rules::SgdParams;
 use balora_optim::testkit::{
     buffer_errors, fill_moments, rand_mat, refactor, scrambled_canonical, zero_beta_adamw, Problem,
     F64 as F,
@@ -48,10 +49,10 @@ fn first_moment_is_the_preconditioned_gradient_at_the_new_point() {
     let (ga, gb) = prob.grads(&a, &b);
     let bases = [
         adamw_base(),
-        BaseRule::Sgd {
+        BaseRule::Sgd(SgdParams {
             momentum: 0.9,
             weight_decay: 0.0,
-        },
+        }),
     ];
     for gauge in ["canonical", "closest"] {
         let (a1, b1, t, key) = refactor(&a, &b, gauge);

@@ -5,7 +5,7 @@ use crate::linears::AdapterHost;
 use crate::llama::LlamaForCausalLm;
 use crate::weights::to_vec;
 use balora_adapter::LoraLinear;
-use burn::nn::{Embedding, LayerNorm, RmsNorm};
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::backend::Backend;
 
 /// `(name, shape, row-major data)`.
@@ -28,14 +28,6 @@ fn emb<B: Backend>(out: &mut Vec<NamedTensor>, name: &str, e: &Embedding<B>) {
     ));
 }
 
-fn rms<B: Backend>(out: &mut Vec<NamedTensor>, name: &str, n: &RmsNorm<B>) {
-    out.push((
-        name.to_string(),
-        n.gamma.dims().to_vec(),
-        to_vec(n.gamma.val()),
-    ));
-}
-
 fn ln<B: Backend>(out: &mut Vec<NamedTensor>, prefix: &str, n: &LayerNorm<B>) {
     out.push((
         format!("{prefix}.weight"),
@@ -47,27 +39,17 @@ fn ln<B: Backend>(out: &mut Vec<NamedTensor>, prefix: &str, n: &LayerNorm<B>) {
     }
 }
 
-/// Every weight of a Llama-family model in Hugging Face names and layout (the model's own
-/// layout, a GGUF-loaded one included). Adapters are not included: merge them first.
+/// Every weight of a Llama-family model (Qwen3, Gemma 2/3 and Phi-3 included) in Hugging Face
+/// names and layout (the model's own layout, a GGUF-loaded one included). Adapters are not
+/// included: merge them first.
 pub fn llama_hf_tensors<B: Backend>(m: &LlamaForCausalLm<B>) -> Vec<NamedTensor> {
     let mut out = Vec::new();
     emb(&mut out, "model.embed_tokens.weight", &m.model.embed_tokens);
     for (info, l) in m.linears() {
         linear(&mut out, &info.path, l);
     }
-    for (i, l) in m.model.layers.iter().enumerate() {
-        rms(
-            &mut out,
-            &format!("model.layers.{i}.input_layernorm.weight"),
-            &l.input_layernorm,
-        );
-        rms(
-            &mut out,
-            &format!("model.layers.{i}.post_attention_layernorm.weight"),
-            &l.post_attention_layernorm,
-        );
-    }
-    rms(&mut out, "model.norm.weight", &m.model.norm);
+    // Gemma's norms are written as `w` (the model holds `1 + w`).
+    out.extend(m.hf_norm_tensors());
     out
 }
 

@@ -15,14 +15,19 @@ pub struct LinearInfo {
     pub layer: Option<usize>,
     /// The model's output layer (LM head or classifier): excluded from `"all-linear"`.
     pub is_head: bool,
+    /// A Hugging Face `Conv1D` layer (GPT-2): its checkpoint weight is `[in, out]`, PEFT's
+    /// `fan_in_fan_out=True`. The adapter factors are the same either way (`lora_A` `[r, in]`,
+    /// `lora_B` `[out, r]`); only the base weight's layout in files differs.
+    pub fan_in_fan_out: bool,
 }
 
 impl LinearInfo {
-    fn new(path: String, layer: Option<usize>) -> Self {
+    pub(crate) fn new(path: String, layer: Option<usize>) -> Self {
         Self {
             path,
             layer,
             is_head: false,
+            fan_in_fan_out: false,
         }
     }
 }
@@ -47,58 +52,71 @@ pub trait AdapterHost<B: Backend>: Module<B> + Sized {
     }
 }
 
-impl<B: Backend> AdapterHost<B> for LlamaForCausalLm<B> {
-    fn linears(&self) -> Vec<(LinearInfo, &LoraLinear<B>)> {
-        let infos = llama_infos(self);
-        let mut refs: Vec<&LoraLinear<B>> = Vec::new();
-        for l in &self.model.layers {
-            let a = &l.self_attn;
-            refs.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
-            refs.extend([&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj]);
+/// The linears of one decoder layer by PEFT name, in module order. Fused projections (Phi-3)
+/// are PEFT's `qkv_proj` and `gate_up_proj`: the fused layer sits in `q_proj` / `gate_proj`.
+macro_rules! llama_layer_linears {
+    ($l:expr, $($r:tt)*) => {{
+        let a = $($r)* $l.self_attn;
+        let m = $($r)* $l.mlp;
+        let mut v = Vec::with_capacity(7);
+        match (a.k_proj.as_ref(), a.v_proj.as_ref()) {
+            (Some(_), Some(_)) => {
+                v.push(("self_attn.q_proj", $($r)* a.q_proj));
+                if let Some(k) = $($r)* a.k_proj {
+                    v.push(("self_attn.k_proj", k));
+                }
+                if let Some(x) = $($r)* a.v_proj {
+                    v.push(("self_attn.v_proj", x));
+                }
+            }
+            _ => v.push(("self_attn.qkv_proj", $($r)* a.q_proj)),
         }
-        if let Some(h) = &self.lm_head {
-            refs.push(h);
+        v.push(("self_attn.o_proj", $($r)* a.o_proj));
+        match $($r)* m.up_proj {
+            Some(u) => {
+                v.push(("mlp.gate_proj", $($r)* m.gate_proj));
+                v.push(("mlp.up_proj", u));
+            }
+            None => v.push(("mlp.gate_up_proj", $($r)* m.gate_proj)),
         }
-        infos.into_iter().zip(refs).collect()
-    }
-    fn linears_mut(&mut self) -> Vec<(LinearInfo, &mut LoraLinear<B>)> {
-        let infos = llama_infos(self);
-        let mut refs: Vec<&mut LoraLinear<B>> = Vec::new();
-        for l in &mut self.model.layers {
-            let a = &mut l.self_attn;
-            refs.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
-            let m = &mut l.mlp;
-            refs.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
-        }
-        if let Some(h) = &mut self.lm_head {
-            refs.push(h);
-        }
-        infos.into_iter().zip(refs).collect()
-    }
+        v.push(("mlp.down_proj", $($r)* m.down_proj));
+        v
+    }};
 }
 
-fn llama_infos<B: Backend>(m: &LlamaForCausalLm<B>) -> Vec<LinearInfo> {
-    let mut v = Vec::new();
-    for i in 0..m.model.layers.len() {
-        for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            v.push(LinearInfo::new(
-                format!("model.layers.{i}.self_attn.{name}"),
-                Some(i),
-            ));
+fn head_info() -> LinearInfo {
+    let mut h = LinearInfo::new("lm_head".into(), None);
+    h.is_head = true;
+    h
+}
+
+impl<B: Backend> AdapterHost<B> for LlamaForCausalLm<B> {
+    fn linears(&self) -> Vec<(LinearInfo, &LoraLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            for (name, lin) in llama_layer_linears!(l, &) {
+                let info = LinearInfo::new(format!("model.layers.{i}.{name}"), Some(i));
+                out.push((info, lin));
+            }
         }
-        for name in ["gate_proj", "up_proj", "down_proj"] {
-            v.push(LinearInfo::new(
-                format!("model.layers.{i}.mlp.{name}"),
-                Some(i),
-            ));
+        if let Some(h) = &self.lm_head {
+            out.push((head_info(), h));
         }
+        out
     }
-    if m.lm_head.is_some() {
-        let mut h = LinearInfo::new("lm_head".into(), None);
-        h.is_head = true;
-        v.push(h);
+    fn linears_mut(&mut self) -> Vec<(LinearInfo, &mut LoraLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            for (name, lin) in llama_layer_linears!(l, &mut) {
+                let info = LinearInfo::new(format!("model.layers.{i}.{name}"), Some(i));
+                out.push((info, lin));
+            }
+        }
+        if let Some(h) = &mut self.lm_head {
+            out.push((head_info(), h));
+        }
+        out
     }
-    v
 }
 
 const BERT_NAMES: [&str; 6] = [

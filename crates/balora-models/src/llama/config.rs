@@ -1,6 +1,7 @@
 //! Hyper-parameters of a Llama-family model, from a Hugging Face `config.json` or GGUF metadata,
 //! checked before anything is allocated from them.
 
+use super::family::{hf_rope, Family, HF_MODEL_TYPES};
 use crate::ModelError;
 use serde_json::Value;
 
@@ -33,6 +34,8 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections have biases (Qwen2).
     pub qkv_bias: bool,
+    /// What the family changes in the decoder (Qwen3, Gemma 2/3, Phi-3); default: plain Llama.
+    pub family: Family,
 }
 
 impl LlamaConfig {
@@ -52,6 +55,7 @@ impl LlamaConfig {
             max_position: 128,
             tie_word_embeddings: true,
             qkv_bias: false,
+            family: Family::default(),
         }
     }
 
@@ -61,11 +65,22 @@ impl LlamaConfig {
             .get("model_type")
             .and_then(Value::as_str)
             .unwrap_or("llama");
-        if !matches!(arch, "llama" | "mistral" | "qwen2") {
+        if arch == "gemma3" {
             return Err(ModelError::config(
                 origin,
                 "model_type",
-                format!("`{arch}` is not a Llama-family model (llama, mistral, qwen2)"),
+                "`gemma3` is the multimodal Gemma 3 config; balora loads the text model \
+                 (`gemma3_text`, Gemma3ForCausalLM)",
+            ));
+        }
+        if !HF_MODEL_TYPES.contains(&arch) {
+            return Err(ModelError::config(
+                origin,
+                "model_type",
+                format!(
+                    "`{arch}` is not a supported decoder ({})",
+                    HF_MODEL_TYPES.join(", ")
+                ),
             ));
         }
         let u = |k: &str| -> Result<usize, ModelError> {
@@ -87,64 +102,20 @@ impl LlamaConfig {
             .and_then(Value::as_u64)
             .map(|x| x as usize)
             .unwrap_or(hidden / heads.max(1));
-        // transformers ≥ 5 writes RoPE settings under `rope_parameters` (`rope_theta`,
-        // `rope_type` and the scaling fields); older files use top-level `rope_theta` and
-        // `rope_scaling`. Both are read; the top-level keys win where both exist.
-        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
-        let rope_theta = v
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")?.as_f64()))
-            .unwrap_or(10000.0);
-        let scaled_params = rope_params.filter(|p| {
-            !matches!(
-                p.get("rope_type").and_then(Value::as_str),
-                None | Some("default")
-            )
-        });
-        let scaling = match v
-            .get("rope_scaling")
-            .filter(|s| !s.is_null())
-            .or(scaled_params)
-        {
-            None | Some(Value::Null) => None,
-            Some(s) => {
-                let ty = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if ty != "llama3" {
-                    return Err(ModelError::config(
-                        origin,
-                        "rope_scaling",
-                        format!("rope scaling type `{ty}` is not supported (only `llama3`)"),
-                    ));
-                }
-                let g = |k: &str| {
-                    s.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                        ModelError::config(origin, &format!("rope_scaling.{k}"), "missing")
-                    })
-                };
-                Some((
-                    g("factor")?,
-                    g("low_freq_factor")?,
-                    g("high_freq_factor")?,
-                    g("original_max_position_embeddings")?,
-                ))
-            }
-        };
+        let rope = hf_rope(v, arch, origin)?;
+        let layers = u("num_hidden_layers")?;
+        let family = Family::from_hf_json(arch, v, layers, head_dim, &rope, origin)?;
         let cfg = Self {
             vocab_size: u("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: u("intermediate_size")?,
-            num_layers: u("num_hidden_layers")?,
+            num_layers: layers,
             num_heads: heads,
             num_kv_heads: kv,
             head_dim,
             rms_norm_eps: f("rms_norm_eps", 1e-6),
-            rope_theta,
-            rope_llama3_scaling: scaling,
+            rope_theta: rope.theta,
+            rope_llama3_scaling: rope.llama3,
             max_position: v
                 .get("max_position_embeddings")
                 .and_then(Value::as_u64)
@@ -155,6 +126,7 @@ impl LlamaConfig {
                 .unwrap_or(false),
             qkv_bias: arch == "qwen2"
                 || v.get("attention_bias").and_then(Value::as_bool) == Some(true),
+            family,
         };
         cfg.validate(origin, &|k| k.to_string())?;
         Ok(cfg)
@@ -170,11 +142,11 @@ impl LlamaConfig {
         tied: bool,
         origin: &str,
     ) -> Result<Self, ModelError> {
-        if !matches!(arch, "llama" | "mistral" | "qwen2") {
+        if !matches!(arch, "llama" | "mistral" | "qwen2" | "qwen3") {
             return Err(ModelError::config(
                 origin,
                 "general.architecture",
-                format!("`{arch}` is not a Llama-family model (llama, mistral, qwen2)"),
+                format!("`{arch}` is not a GGUF architecture balora reads (llama, mistral, qwen2, qwen3)"),
             ));
         }
         let req = |k: &str| -> Result<f64, ModelError> {
@@ -186,7 +158,9 @@ impl LlamaConfig {
         let kv = num(&format!("{arch}.attention.head_count_kv"))
             .map(|x| x as usize)
             .unwrap_or(heads);
-        let head_dim = num(&format!("{arch}.rope.dimension_count"))
+        // Qwen3's head_dim is not hidden / heads: llama.cpp writes it as the key length.
+        let head_dim = num(&format!("{arch}.attention.key_length"))
+            .or_else(|| num(&format!("{arch}.rope.dimension_count")))
             .map(|x| x as usize)
             .unwrap_or(hidden / heads.max(1));
         let cfg = Self {
@@ -203,6 +177,10 @@ impl LlamaConfig {
             max_position: num(&format!("{arch}.context_length")).unwrap_or(4096.0) as usize,
             tie_word_embeddings: tied,
             qkv_bias: arch == "qwen2",
+            family: Family {
+                qk_norm: arch == "qwen3",
+                ..Family::default()
+            },
         };
         cfg.validate(origin, &|k| crate::validate::gguf_key(arch, k))?;
         Ok(cfg)

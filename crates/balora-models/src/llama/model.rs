@@ -1,9 +1,10 @@
 //! The Llama-family causal LM: decoder stack, head (tied or untied), loading, and the forward
 //! pass with causal + padding masks and an optional KV cache.
 
-use super::layers::{LlamaAttention, LlamaLayer, LlamaMlp, Pass};
-use super::{rope, KvCache, LlamaConfig};
-use crate::weights::{frozen, load_embedding, load_lora_linear, load_rms, Weights};
+use super::build::{build, Loaded, Random};
+use super::layers::{softcap, LlamaLayer, Pass, RopePair};
+use super::{rope, Family, KvCache, LlamaConfig};
+use crate::weights::Weights;
 use crate::{CausalLm, ModelError};
 use balora_adapter::LoraLinear;
 use burn::module::Module;
@@ -45,56 +46,22 @@ pub struct LlamaForCausalLm<B: Backend> {
     /// Tied head: a contiguous `[d, vocab]` copy of the embedding matrix (speed; the embedding
     /// is frozen).
     pub tied_head: Option<Tensor<B, 2>>,
+    /// RoPE cos/sin tables of the sliding layers when their base differs (Gemma 3).
+    pub rope_cos_local: Option<Tensor<B, 2>>,
+    /// See `rope_cos_local`.
+    pub rope_sin_local: Option<Tensor<B, 2>>,
+    /// What the family changes in the decoder (embedding scale, soft-caps, sliding window,
+    /// Gemma's `1 + w` norms, ...).
+    #[module(skip)]
+    pub family: Family,
 }
 
 impl<B: Backend> LlamaForCausalLm<B> {
     /// A randomly initialised model (tests, experiments).
     pub fn random(cfg: &LlamaConfig, device: &B::Device) -> Self {
-        use burn::tensor::Distribution;
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let lin = |i: usize, o: usize, bias: bool| LoraLinear::new(i, o, bias, device);
-        let rms = |d: usize| {
-            let mut n = burn::nn::RmsNormConfig::new(d)
-                .with_epsilon(cfg.rms_norm_eps)
-                .init(device);
-            n.gamma = frozen(Tensor::random([d], Distribution::Uniform(0.5, 1.5), device));
-            n
-        };
-        let layers = (0..cfg.num_layers)
-            .map(|_| LlamaLayer {
-                self_attn: LlamaAttention {
-                    q_proj: lin(d, cfg.num_heads * hd, cfg.qkv_bias),
-                    k_proj: lin(d, cfg.num_kv_heads * hd, cfg.qkv_bias),
-                    v_proj: lin(d, cfg.num_kv_heads * hd, cfg.qkv_bias),
-                    o_proj: lin(cfg.num_heads * hd, d, false),
-                },
-                mlp: LlamaMlp {
-                    gate_proj: lin(d, cfg.intermediate_size, false),
-                    up_proj: lin(d, cfg.intermediate_size, false),
-                    down_proj: lin(cfg.intermediate_size, d, false),
-                },
-                input_layernorm: rms(d),
-                post_attention_layernorm: rms(d),
-            })
-            .collect();
-        let embed = Embedding {
-            weight: frozen(Tensor::random(
-                [cfg.vocab_size, d],
-                Distribution::Normal(0.0, 1.0),
-                device,
-            )),
-        };
-        let lm_head = (!cfg.tie_word_embeddings).then(|| lin(d, cfg.vocab_size, false));
-        Self::assemble(
-            cfg,
-            LlamaModel {
-                embed_tokens: embed,
-                layers,
-                norm: rms(d),
-            },
-            lm_head,
-            device,
-        )
+        let (model, lm_head) =
+            build(cfg, &mut Random { cfg, device }).expect("random parts cannot fail");
+        Self::assemble(cfg, model, lm_head, device)
     }
 
     fn assemble(
@@ -115,17 +82,27 @@ impl<B: Backend> LlamaForCausalLm<B> {
             }
             Tensor::from_data(TensorData::new(t, [d, v]), device)
         });
-        let [rope_cos, rope_sin, rope_rot] = rope::tables(cfg, device);
+        let [rope_cos, rope_sin] = rope::tables(cfg, &cfg.inv_freq(), device);
+        let local = cfg
+            .inv_freq_local()
+            .map(|inv| rope::tables::<B>(cfg, &inv, device));
+        let (rope_cos_local, rope_sin_local) = match local {
+            Some([c, s]) => (Some(c), Some(s)),
+            None => (None, None),
+        };
         Self {
             model,
             lm_head,
             rope_cos,
             rope_sin,
-            rope_rot,
+            rope_rot: rope::rotation(cfg, device),
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
             tied_head,
+            rope_cos_local,
+            rope_sin_local,
+            family: cfg.family.clone(),
         }
     }
 
@@ -137,64 +114,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
         w: &dyn Weights,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let lin = |name: &str, i: usize, o: usize, bias: bool| {
-                load_lora_linear::<B>(w, &format!("{p}.{name}"), bias, i, o, device)
-            };
-            layers.push(LlamaLayer {
-                self_attn: LlamaAttention {
-                    q_proj: lin("self_attn.q_proj", d, cfg.num_heads * hd, cfg.qkv_bias)?,
-                    k_proj: lin("self_attn.k_proj", d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
-                    v_proj: lin("self_attn.v_proj", d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
-                    o_proj: lin("self_attn.o_proj", cfg.num_heads * hd, d, false)?,
-                },
-                mlp: LlamaMlp {
-                    gate_proj: lin("mlp.gate_proj", d, cfg.intermediate_size, false)?,
-                    up_proj: lin("mlp.up_proj", d, cfg.intermediate_size, false)?,
-                    down_proj: lin("mlp.down_proj", cfg.intermediate_size, d, false)?,
-                },
-                input_layernorm: load_rms(
-                    w,
-                    &format!("{p}.input_layernorm.weight"),
-                    d,
-                    cfg.rms_norm_eps,
-                    device,
-                )?,
-                post_attention_layernorm: load_rms(
-                    w,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    d,
-                    cfg.rms_norm_eps,
-                    device,
-                )?,
-            });
-        }
-        let model = LlamaModel {
-            embed_tokens: load_embedding(
-                w,
-                "model.embed_tokens.weight",
-                cfg.vocab_size,
-                d,
-                device,
-            )?,
-            layers,
-            norm: load_rms(w, "model.norm.weight", d, cfg.rms_norm_eps, device)?,
-        };
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(load_lora_linear::<B>(
-                w,
-                "lm_head",
-                false,
-                d,
-                cfg.vocab_size,
-                device,
-            )?)
-        };
+        let (model, lm_head) = build(cfg, &mut Loaded { w, cfg, device })?;
         Ok(Self::assemble(cfg, model, lm_head, device))
     }
 
@@ -216,35 +136,42 @@ impl<B: Backend> LlamaForCausalLm<B> {
         let offset = cache.as_ref().map(|c| c.len).unwrap_or(0);
         let t = offset + s;
         let (nh, nkv) = (self.num_heads, self.num_kv_heads);
-        // Additive mask [b or 1, 1, s, t]: causal, plus key padding.
-        let mut causal = Vec::with_capacity(s * t);
-        for i in 0..s {
-            for j in 0..t {
-                causal.push(if j > offset + i { -1e9f32 } else { 0.0 });
-            }
-        }
-        let mut bias: Tensor<B, 4> =
-            Tensor::<B, 2>::from_data(TensorData::new(causal, [s, t]), &device)
-                .reshape([1, 1, s, t]);
-        if let Some(m) = attention_mask {
+        // Key padding, additive `[b, 1, 1, t]`: the mask covers the whole (cached + new) key
+        // range or only the new tokens.
+        let pad = attention_mask.map(|m| {
             let [mb, mt] = m.dims();
-            // The mask covers the whole (cached + new) key range or only the new tokens.
             let m = if mt == t || offset == 0 {
                 m.float()
             } else {
                 Tensor::cat(vec![Tensor::ones([mb, offset], &device), m.float()], 1)
             };
-            let pad = (m.neg() + 1.0).mul_scalar(-1e9).reshape([mb, 1, 1, t]);
-            bias = bias + pad;
-        }
+            (m.neg() + 1.0).mul_scalar(-1e9).reshape([mb, 1, 1, t])
+        });
         // Full-size once per forward, reused by every layer (see `rope::expand`).
-        let bias = bias.repeat_dim(1, nh);
-        let bias = if bias.dims()[0] == 1 {
-            bias.repeat_dim(0, b)
-        } else {
-            bias
+        let full = |window| {
+            let bias = causal_bias::<B>(s, offset, window, &device);
+            let bias = match &pad {
+                Some(p) => bias + p.clone(),
+                None => bias,
+            };
+            let bias = bias.repeat_dim(1, nh);
+            if bias.dims()[0] == 1 {
+                bias.repeat_dim(0, b)
+            } else {
+                bias
+            }
         };
-        let tables = [&self.rope_cos, &self.rope_sin];
+        let f = &self.family;
+        let bias_local = f.sliding_window.map(|w| full(Some(w)));
+        let rot = self.rope_rot.clone();
+        let pair = |cos: &Tensor<B, 2>, sin: &Tensor<B, 2>| RopePair {
+            q: rope::expand([cos, sin], b, s, nh, offset),
+            k: rope::expand([cos, sin], b, s, nkv, offset),
+        };
+        let rope_local = match (&self.rope_cos_local, &self.rope_sin_local) {
+            (Some(c), Some(sn)) => Some(pair(c, sn)),
+            _ => None,
+        };
         let pass = Pass {
             b,
             s,
@@ -252,12 +179,23 @@ impl<B: Backend> LlamaForCausalLm<B> {
             nh,
             nkv,
             hd: self.head_dim,
-            rope_q: rope::expand(tables, b, s, nh, offset),
-            rope_k: rope::expand(tables, b, s, nkv, offset),
-            rot: self.rope_rot.clone(),
-            bias,
+            rope: pair(&self.rope_cos, &self.rope_sin),
+            rope_local,
+            rot,
+            bias: full(None),
+            bias_local,
+            scale: 1.0
+                / f.query_pre_attn_scalar
+                    .unwrap_or(self.head_dim as f64)
+                    .sqrt(),
+            softcap: f.attn_softcap,
         };
-        let mut x = self.model.embed_tokens.forward(input_ids);
+        let x = self.model.embed_tokens.forward(input_ids);
+        // Gemma: × √d, rounded to f32 first as PyTorch does.
+        let mut x = match f.embed_scale {
+            true => x.mul_scalar((self.model.embed_tokens.weight.dims()[1] as f64).sqrt() as f32),
+            false => x,
+        };
         for (li, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             x = layer.forward(x, &pass, slot);
@@ -274,6 +212,14 @@ impl<B: Backend> LlamaForCausalLm<B> {
     }
 
     fn head_rows(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        let logits = self.head_linear(h);
+        match self.family.final_softcap {
+            Some(c) => softcap(logits, c),
+            None => logits,
+        }
+    }
+
+    fn head_linear(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         match (&self.lm_head, &self.tied_head) {
             (Some(l), _) => l.forward(h),
             // Tied: the frozen `[d, vocab]` copy forward; the CPU path's backward reads the
@@ -303,6 +249,27 @@ impl<B: Backend> LlamaForCausalLm<B> {
         let [b, s, d] = h.dims();
         self.head(h.narrow(1, s - 1, 1).reshape([b, d]))
     }
+}
+
+/// The additive causal mask `[1, 1, s, t]` of `s` new positions after `offset` cached ones:
+/// `-1e9` where key `j` is after query `i`, or with a `window`, `window` or more positions
+/// before it (transformers' `kv_idx > q_idx - sliding_window`).
+fn causal_bias<B: Backend>(
+    s: usize,
+    offset: usize,
+    window: Option<usize>,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let t = offset + s;
+    let mut m = Vec::with_capacity(s * t);
+    for i in 0..s {
+        let q = offset + i;
+        for j in 0..t {
+            let hidden = j > q || window.is_some_and(|w| q - j >= w);
+            m.push(if hidden { -1e9f32 } else { 0.0 });
+        }
+    }
+    Tensor::<B, 2>::from_data(TensorData::new(m, [s, t]), device).reshape([1, 1, s, t])
 }
 
 impl<B: Backend> CausalLm<B> for LlamaForCausalLm<B> {

@@ -6,12 +6,19 @@ use super::LlamaConfig;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 impl LlamaConfig {
-    /// Inverse RoPE frequencies (`head_dim/2` values), with Llama-3 scaling if configured.
+    /// The leading dimensions of each head RoPE rotates (all but Phi-3's partial rotary).
+    pub fn rotary_dim(&self) -> usize {
+        self.family.rotary_dim.unwrap_or(self.head_dim)
+    }
+
+    /// Inverse RoPE frequencies (`rotary_dim/2` values) of the global layers, with Llama-3 or
+    /// linear scaling if configured.
     pub fn inv_freq(&self) -> Vec<f64> {
-        let half = self.head_dim / 2;
-        (0..half)
+        let dim = self.rotary_dim();
+        (0..dim / 2)
             .map(|i| {
-                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64);
+                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / dim as f64);
+                let f = f / self.family.rope_linear_factor.unwrap_or(1.0);
                 match self.rope_llama3_scaling {
                     None => f,
                     Some((factor, low, high, orig)) => {
@@ -31,44 +38,64 @@ impl LlamaConfig {
             })
             .collect()
     }
+
+    /// Inverse frequencies of the sliding layers when they have their own base (Gemma 3's
+    /// `rope_local_base_freq`, unscaled).
+    pub fn inv_freq_local(&self) -> Option<Vec<f64>> {
+        let theta = self.family.rope_local_theta?;
+        let dim = self.rotary_dim();
+        Some(
+            (0..dim / 2)
+                .map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim as f64))
+                .collect(),
+        )
+    }
 }
 
-/// The RoPE tables of a model: `[max_position, head_dim]` cos and sin (each pair's angle at
-/// both of its dimensions) and the `[head_dim, head_dim]` signed permutation `R` with `(x·R)` =
-/// each pair rotated by 90°.
-pub(super) fn tables<B: Backend>(cfg: &LlamaConfig, device: &B::Device) -> [Tensor<B, 2>; 3] {
-    let (hd, half) = (cfg.head_dim, cfg.head_dim / 2);
-    let inv = cfg.inv_freq();
+/// The `[max_position, head_dim]` cos and sin tables of inverse frequencies `inv` (each pair's
+/// angle at both of its dimensions; dimensions past `rotary_dim` get cos 1, sin 0: they pass
+/// through unrotated, Phi-3's partial rotary).
+pub(super) fn tables<B: Backend>(
+    cfg: &LlamaConfig,
+    inv: &[f64],
+    device: &B::Device,
+) -> [Tensor<B, 2>; 2] {
+    let (hd, half) = (cfg.head_dim, cfg.rotary_dim() / 2);
     let n = cfg.max_position.max(1);
-    // Dimension `j` of a head belongs to pair `j % half` (rotate-half), and
-    // `(x·R)[j] = sign(j)·x[partner(j)]`.
-    let pair = |j: usize| j % half;
-    let partner = |j: usize| -> (usize, f32) {
-        if j < half {
-            (j + half, -1.0)
-        } else {
-            (j - half, 1.0)
-        }
-    };
     let mut cos = Vec::with_capacity(n * hd);
     let mut sin = Vec::with_capacity(n * hd);
     for p in 0..n {
         for j in 0..hd {
-            let a = p as f64 * inv[pair(j)];
+            // Dimension `j` of a head belongs to pair `j % half` (rotate-half).
+            let a = if j < 2 * half {
+                p as f64 * inv[j % half]
+            } else {
+                0.0
+            };
             cos.push(a.cos() as f32);
             sin.push(a.sin() as f32);
         }
     }
-    let mut rot = vec![0f32; hd * hd];
-    for j in 0..hd {
-        let (from, sign) = partner(j);
-        rot[from * hd + j] = sign;
-    }
     [
         Tensor::from_data(TensorData::new(cos, [n, hd]), device),
         Tensor::from_data(TensorData::new(sin, [n, hd]), device),
-        Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
     ]
+}
+
+/// The `[head_dim, head_dim]` signed permutation `R` with `(x·R)` = each rotated pair turned by
+/// 90°: `(x·R)[j] = sign(j)·x[partner(j)]` within the first `rotary_dim` dimensions, 0 past them.
+pub(super) fn rotation<B: Backend>(cfg: &LlamaConfig, device: &B::Device) -> Tensor<B, 2> {
+    let (hd, half) = (cfg.head_dim, cfg.rotary_dim() / 2);
+    let mut rot = vec![0f32; hd * hd];
+    for j in 0..2 * half {
+        let (from, sign) = if j < half {
+            (j + half, -1.0)
+        } else {
+            (j - half, 1.0)
+        };
+        rot[from * hd + j] = sign;
+    }
+    Tensor::from_data(TensorData::new(rot, [hd, hd]), device)
 }
 
 /// The tables `(cos, sin)` for `[batch, seq, heads, head_dim]` inputs at positions

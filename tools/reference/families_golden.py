@@ -128,9 +128,11 @@ def write_gguf(model, cfg, path):
     w.add_value_length(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    # A word-level-like BPE vocabulary; one merge (gguf-py does not write an empty list).
+    tokens = [f"t{i}" for i in range(cfg.vocab_size - 1)] + ["t0t1"]
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
-    w.add_token_merges([])
+    w.add_token_list(tokens)
+    w.add_token_merges(["t0 t1"])
     w.add_eos_token_id(2)
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:

@@ -14,7 +14,7 @@ const FIXED: [(&str, &str); 3] = [
 ];
 
 /// Per-layer modules: (GGUF `blk.N.<part>`, Hugging Face `model.layers.N.<module>`).
-const LAYER: [(&str, &str); 9] = [
+const LAYER: [(&str, &str); 11] = [
     ("attn_norm", "input_layernorm"),
     ("ffn_norm", "post_attention_layernorm"),
     ("attn_q", "self_attn.q_proj"),
@@ -24,6 +24,9 @@ const LAYER: [(&str, &str); 9] = [
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
+    // Qwen3's per-head q/k norms.
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
 ];
 
 /// Maps `name` through the table: `from` picks the side it is written in (0 GGUF, 1 HF).
@@ -51,12 +54,13 @@ pub fn llama_hf_to_gguf(name: &str) -> Option<String> {
     map_name(name, 1)
 }
 
-/// A Llama-family [`GgufFile`] (`general.architecture` `llama`, `mistral` or `qwen2`) as a
-/// [`TensorSource`] with Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, ...) and
-/// layouts: for `llama`/`mistral`, whose q/k rows llama.cpp's converter permutes for ggml's
+/// A Llama-family [`GgufFile`] (`general.architecture` `llama`, `mistral`, `qwen2` or `qwen3`)
+/// as a [`TensorSource`] with Hugging Face names (`model.layers.N.self_attn.q_proj.weight`,
+/// ...) and layouts: for `llama`/`mistral`, whose q/k rows llama.cpp's converter permutes for ggml's
 /// interleaved RoPE, `attn_q`/`attn_k` weights and biases are un-permuted
 /// ([`RawTensor::unpermute_llama_qk`]) as they are read, so the tensors equal the original HF
-/// checkpoint's (up to quantisation); `qwen2` is stored in HF order (NEOX RoPE) and read as is.
+/// checkpoint's (up to quantisation); `qwen2` and `qwen3` are stored in HF order (NEOX RoPE)
+/// and read as is.
 /// With tied embeddings there is no `lm_head.weight`. A model loader reads GGUF and safetensors
 /// checkpoints with one name scheme and one layout, and nothing downstream knows llama.cpp's.
 pub struct LlamaHfView<'a> {
@@ -72,16 +76,16 @@ impl<'a> LlamaHfView<'a> {
     /// Llama set are left out.
     pub fn new(file: &'a GgufFile) -> Result<Self, FormatError> {
         let arch = file.architecture()?;
-        if !matches!(arch, "llama" | "mistral" | "qwen2") {
+        if !matches!(arch, "llama" | "mistral" | "qwen2" | "qwen3") {
             return Err(FormatError::Invalid {
                 path: file.path().to_path_buf(),
                 what: "metadata `general.architecture`".into(),
                 msg: format!(
-                    "{arch:?}: Hugging Face names are only mapped for \"llama\", \"mistral\", \"qwen2\""
+                    "{arch:?}: Hugging Face names are only mapped for \"llama\", \"mistral\", \"qwen2\", \"qwen3\""
                 ),
             });
         }
-        let permuted = if arch == "qwen2" {
+        let permuted = if matches!(arch, "qwen2" | "qwen3") {
             None
         } else {
             let n_head = file.arch_u32("attention.head_count")? as usize;

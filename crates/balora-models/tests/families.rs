@@ -263,3 +263,24 @@ fn family_config_errors_name_the_field() {
     gemma3["model_type"] = "gemma3".into();
     assert!(err(&gemma3).contains("gemma3_text"));
 }
+
+/// A Qwen3 GGUF (written by gguf-py's `GGUFWriter` from the same tiny model, llama.cpp's
+/// `qwen3` names and keys, q/k rows unpermuted as llama.cpp's converter leaves them for NEOX
+/// RoPE) loads to the same tensors as the Hugging Face folder, gives transformers' logits and
+/// takes the PEFT adapter.
+#[test]
+fn qwen3_gguf_loads_like_the_hf_folder() {
+    let g = golden("qwen3");
+    let dev = Default::default();
+    let gguf = load_causal_lm::<B>(&root("qwen3").join("model.gguf"), &dev)
+        .unwrap()
+        .model;
+    assert_eq!(
+        llama_hf_tensors(&gguf),
+        llama_hf_tensors(&lm("qwen3")),
+        "tensors"
+    );
+    check_logits("qwen3 gguf", &gguf, &g, "base_logits");
+    let (m, _) = load_adapter(gguf, &root("qwen3").join("adapter"), &dev).unwrap();
+    check_logits("qwen3 gguf", &merge_all(m), &g, "merged_logits");
+}

@@ -33,6 +33,7 @@ mod inplace;
 mod linear;
 mod params;
 mod patterns;
+mod quant;
 
 pub use config::{
     name_matches, AdapterInit, LayerInit, LayerLora, LoraConfig, LoraConfigError, ModuleSelector,
@@ -46,3 +47,4 @@ pub use params::{
     collect_pairs, collect_params, replace_params, PairSlot, ParamSlot, ParamTable, ParamValue,
 };
 pub use patterns::{deserialize_ordered_map, AsMap, Patterns};
+pub use quant::{BaseDtype, QuantKind, QuantMatrix};

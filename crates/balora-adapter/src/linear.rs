@@ -1,8 +1,8 @@
 use crate::config::{LayerInit, LayerLora};
-use balora_cpu::FrozenCache;
-use burn::module::{Module, Param};
+use balora_cpu::{FrozenCache, QuantMatrix};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 
 /// The low-rank pair of one adapted layer, in PEFT's layout.
 #[derive(Module, Debug)]
@@ -90,15 +90,22 @@ pub fn over_rows<B: Backend, const D: usize>(
 }
 
 /// A linear layer with a frozen base weight and an optional LoRA adapter.
+///
+/// The base weight is f32 in `base.weight`, or kept as ggml quantization blocks in `quant`
+/// ([`from_quantized`](Self::from_quantized): `base.weight` is then an empty `[0, 0]`
+/// placeholder and [`base_weight`](Self::base_weight) dequantises on request).
 #[derive(Module, Debug)]
 pub struct LoraLinear<B: Backend> {
-    /// Frozen base layer (burn layout: weight `[in, out]`).
+    /// Frozen base layer (burn layout: weight `[in, out]`; `[0, 0]` when `quant` holds it).
     pub base: Linear<B>,
     /// The adapter, if one is attached.
     pub adapter: Option<LoraAdapter<B>>,
     /// The CPU path's row-major copy of `Wᵀ` (filled on first use on burn-flex; empty elsewhere).
     #[module(skip)]
     pub frozen_t: FrozenCache,
+    /// The base weight as quantization blocks (`[out, in]`, Hugging Face layout), if kept so.
+    #[module(skip)]
+    pub quant: Option<QuantMatrix>,
 }
 
 impl<B: Backend> LoraLinear<B> {
@@ -113,13 +120,49 @@ impl<B: Backend> LoraLinear<B> {
             base: base.no_grad(),
             adapter: None,
             frozen_t: FrozenCache::default(),
+            quant: None,
         }
+    }
+
+    /// A frozen layer whose weight `w` (`[out, in]`) stays in its blocks (an optional `[out]`
+    /// bias in f32). Its products dequantise tile by tile on burn-flex
+    /// ([`balora_cpu::quant_lora_linear`]); other backends multiply by the dequantised weight.
+    pub fn from_quantized(w: QuantMatrix, bias: Option<Vec<f32>>, device: &B::Device) -> Self {
+        let frozen = |t: Tensor<B, 2>| Param::initialized(ParamId::new(), t);
+        let bias = bias.map(|b| {
+            let n = b.len();
+            Param::initialized(
+                ParamId::new(),
+                Tensor::<B, 1>::from_data(TensorData::new(b, [n]), device),
+            )
+        });
+        let mut l = Self::from_base(Linear {
+            weight: frozen(Tensor::zeros([0, 0], device)),
+            bias,
+        });
+        l.quant = Some(w);
+        l
     }
 
     /// Input and output sizes.
     pub fn dims(&self) -> (usize, usize) {
+        if let Some(q) = &self.quant {
+            return (q.cols(), q.rows());
+        }
         let [d_in, d_out] = self.base.weight.dims();
         (d_in, d_out)
+    }
+
+    /// The base weight in f32, burn layout `[in, out]` (dequantised when kept as blocks).
+    pub fn base_weight(&self) -> Tensor<B, 2> {
+        match &self.quant {
+            Some(q) => {
+                let device = self.base.weight.device();
+                let w = TensorData::new(q.to_f32(), [q.rows(), q.cols()]);
+                Tensor::<B, 2>::from_data(w, &device).transpose()
+            }
+            None => self.base.weight.val(),
+        }
     }
 
     /// Attaches a fresh adapter (replacing any existing one).
@@ -142,6 +185,9 @@ impl<B: Backend> LoraLinear<B> {
     /// [`forward`](Self::forward) on `[rows, in]`.
     fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let adapter = self.adapter.as_ref().filter(|a| !a.merged);
+        if let Some(q) = &self.quant {
+            return self.quant_rows(q, x, adapter);
+        }
         let x = {
             // The fused kernels have no dropout: layers with adapter dropout use burn's ops.
             if adapter.is_none_or(|a| a.dropout.prob == 0.0) {
@@ -167,8 +213,43 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    /// Adds `s·B·A` into the base weight; forward then costs one matmul. Idempotent.
+    /// [`forward_rows`](Self::forward_rows) for a base kept as blocks: the fused kernels on
+    /// burn-flex (adapter dropout, which they lack, then rides beside the base product), else
+    /// burn's ops on the dequantised weight.
+    fn quant_rows(
+        &self,
+        q: &QuantMatrix,
+        x: Tensor<B, 2>,
+        adapter: Option<&LoraAdapter<B>>,
+    ) -> Tensor<B, 2> {
+        let bias = self.base.bias.as_ref().map(|b| b.val());
+        let fused = adapter.filter(|a| a.dropout.prob == 0.0);
+        let lora = fused.map(|a| (a.lora_a.val(), a.lora_b.val(), a.scale));
+        let lora = lora.as_ref().map(|(a, b, s)| (a, b, *s));
+        let (y, x) = match balora_cpu::quant_lora_linear(x.clone(), q, bias.as_ref(), lora) {
+            Ok(y) => (y, x),
+            Err(x) => {
+                let y = burn::tensor::module::linear(x.clone(), self.base_weight(), bias);
+                return match adapter {
+                    Some(ad) => y + ad.delta(x),
+                    None => y,
+                };
+            }
+        };
+        match adapter.filter(|a| a.dropout.prob != 0.0) {
+            Some(ad) => y + ad.delta(x),
+            None => y,
+        }
+    }
+
+    /// Adds `s·B·A` into the base weight; forward then costs one matmul. Idempotent. A base
+    /// kept as blocks is dequantised first (the merged weight is f32).
     pub fn merge(mut self) -> Self {
+        if self.quant.is_some() && self.adapter.as_ref().is_some_and(|a| !a.merged) {
+            let w = self.base_weight();
+            self.base.weight = self.base.weight.map(|_| w);
+            self.quant = None;
+        }
         if let Some(ad) = self.adapter.as_mut().filter(|a| !a.merged) {
             let delta = ad.delta_weight().transpose().detach();
             self.base.weight = self.base.weight.map(|w| w + delta);

@@ -128,7 +128,8 @@ pub fn load_base<B: AutodiffBackend>(
     let t0 = Instant::now();
     let (base, tokenizer, limits) = match cfg.model.family {
         ModelFamily::Llama => {
-            let lm = balora_models::load::load_causal_lm::<B>(&res.model_path, device)
+            let dtype = cfg.model.base_dtype()?;
+            let lm = balora_models::load::load_causal_lm_as::<B>(&res.model_path, dtype, device)
                 .with_context(|| format!("loading {}", res.model_path.display()))?;
             let limits = ModelLimits {
                 vocab_size: lm.config.vocab_size,

@@ -89,16 +89,25 @@ pub enum ModelFamily {
     Tiny,
 }
 
-/// Weights' storage type.
+/// How the frozen base's linear weights are held in memory (`model.dtype`); adapters are always
+/// f32. The quantized kinds need `backend = "flex"` and the llama family
+/// ([`ModelSection::base_dtype`] says what is accepted; `balora_adapter::BaseDtype` what each does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(non_camel_case_types)]
 pub enum Dtype {
-    /// 32-bit floats.
+    /// 32-bit floats (the default).
     F32,
-    /// 16-bit floats.
+    /// 16-bit floats (not implemented: an error).
     F16,
-    /// bfloat16.
+    /// bfloat16 (not implemented: an error).
     Bf16,
+    /// `Q8_0` blocks (a GGUF's `Q8_0` tensors kept as they are, others quantized at load).
+    Q8_0,
+    /// `Q4_0` blocks (as `q8_0`).
+    Q4_0,
+    /// A GGUF file's own `Q8_0` / `Q4_0` / `Q4_1` blocks, no requantization (GGUF files only).
+    File,
 }
 
 /// `[model]`.
@@ -117,6 +126,38 @@ pub struct ModelSection {
     pub dtype: Dtype,
     /// Number of classes (classification families).
     pub num_labels: Option<usize>,
+}
+
+impl ModelSection {
+    /// The storage `dtype` asks for, or an error naming `model.dtype` and its value when it is
+    /// not implemented (`f16`, `bf16`) or not for this family (quantized: llama only).
+    pub fn base_dtype(&self) -> Result<balora_adapter::BaseDtype, ConfigError> {
+        use balora_adapter::BaseDtype as D;
+        let d = match self.dtype {
+            Dtype::F32 => return Ok(D::F32),
+            Dtype::F16 | Dtype::Bf16 => {
+                let v = if self.dtype == Dtype::F16 {
+                    "f16"
+                } else {
+                    "bf16"
+                };
+                return Err(bad(
+                    "model.dtype",
+                    format!("\"{v}\": a half-precision base is not implemented; use \"f32\", or a quantized base: \"q8_0\", \"q4_0\", \"file\""),
+                ));
+            }
+            Dtype::Q8_0 => D::Q8_0,
+            Dtype::Q4_0 => D::Q4_0,
+            Dtype::File => D::File,
+        };
+        if self.family != ModelFamily::Llama {
+            return Err(bad(
+                "model.dtype",
+                format!("\"{}\": a quantized base is implemented for model.family = \"llama\" only; use \"f32\"", d.name()),
+            ));
+        }
+        Ok(d)
+    }
 }
 
 impl Default for ModelSection {
@@ -326,6 +367,7 @@ fn bad(key: &str, message: impl Into<String>) -> ConfigError {
 impl JobConfig {
     /// Range checks the schema cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.model.base_dtype()?;
         self.adapter.validate().map_err(|e| ConfigError::BadValue {
             key: e.field,
             message: e.message,

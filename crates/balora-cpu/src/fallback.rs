@@ -52,3 +52,19 @@ pub fn swiglu<B: Backend, const D: usize>(
 ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
     Err((gate, up))
 }
+
+/// Always `Err(x)`: a quantized base needs burn-flex.
+#[allow(clippy::result_large_err)]
+pub fn quant_lora_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    _w: &crate::QuantMatrix,
+    _bias: Option<&Tensor<B, 1>>,
+    _adapter: Option<(&Tensor<B, 2>, &Tensor<B, 2>, f64)>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    Err(x)
+}
+
+/// Always `false` without the `flex` feature.
+pub fn is_flex<B: Backend>() -> bool {
+    false
+}

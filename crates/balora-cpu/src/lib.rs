@@ -13,6 +13,8 @@
 //!   pass over the logits, rows spread over the cores.
 //! * [`gelu`] — exact (erf) GELU and its gradient, element blocks spread over the cores.
 //! * [`swiglu`] — `silu(gate)·up` and both gradients in one pass each.
+//! * [`quant_lora_linear`] — the frozen linear layer with its weight kept as ggml blocks
+//!   ([`QuantMatrix`]: `Q8_0`, `Q4_0`, `Q4_1`), dequantised tile by tile inside each product.
 //!
 //! Without the `flex` feature every entry point returns `Err(input)`.
 //!
@@ -36,6 +38,9 @@ mod gemm;
 mod linear;
 #[cfg(feature = "flex")]
 mod math;
+pub mod qblocks;
+#[cfg(feature = "flex")]
+mod qlinear;
 #[cfg(feature = "flex")]
 mod swiglu;
 #[cfg(feature = "flex")]
@@ -46,6 +51,8 @@ pub use gelu::gelu;
 #[cfg(feature = "flex")]
 pub use linear::{frozen_linear, lora_linear, FrozenCache};
 #[cfg(feature = "flex")]
+pub use qlinear::{is_flex, quant_lora_linear};
+#[cfg(feature = "flex")]
 pub use swiglu::swiglu;
 #[cfg(feature = "flex")]
 pub use xent::token_nll_sum;
@@ -53,4 +60,8 @@ pub use xent::token_nll_sum;
 #[cfg(not(feature = "flex"))]
 mod fallback;
 #[cfg(not(feature = "flex"))]
-pub use fallback::{frozen_linear, gelu, lora_linear, swiglu, token_nll_sum, FrozenCache};
+pub use fallback::{
+    frozen_linear, gelu, is_flex, lora_linear, quant_lora_linear, swiglu, token_nll_sum,
+    FrozenCache,
+};
+pub use qblocks::{QuantKind, QuantMatrix};

@@ -22,6 +22,7 @@
 //! weight and bias, no adapter dropout; otherwise callers fall back to burn's ops. Tests compare
 //! both paths and an f64 reference (`tests/linear.rs`).
 
+use crate::qblocks::QuantMatrix;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -33,8 +34,16 @@ use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-type Ad = Autodiff<Flex>;
-type AdPrim = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+pub(crate) type Ad = Autodiff<Flex>;
+pub(crate) type AdPrim = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// A frozen weight as the kernels read it: f32 (`W` `[in, out]` in the forward, its row-major
+/// transpose in the backward's state) or quantization blocks (`[out, in]`, both directions).
+#[derive(Clone, Debug)]
+pub(crate) enum Frozen {
+    Dense(FlexTensor),
+    Quant(QuantMatrix),
+}
 
 /// A row-major copy of a frozen weight's transpose, made on first use by the CPU path and
 /// remade when the weight changes. Cloning shares it.
@@ -136,22 +145,32 @@ pub fn lora_linear<B: Backend>(
     if wp.is_tracked() || bp.as_ref().is_some_and(|b| b.is_tracked()) || !is_f32(&xp.primitive) {
         return Err(same::<Ad, B, 2>(x));
     }
-    let wt = cache.transpose_of(&wp.primitive);
-    let out = match adapter {
-        None => frozen_autodiff(xp, wp.primitive, wt, bp.map(|b| b.primitive)),
-        Some((a, b, s)) => lora_autodiff(
-            xp,
-            wp.primitive,
-            wt,
-            bp.map(|b| b.primitive),
-            prim(a),
-            prim(b),
-            s,
-        ),
-    };
+    let wt = Frozen::Dense(cache.transpose_of(&wp.primitive));
+    let out = autodiff_forward(
+        xp,
+        Frozen::Dense(wp.primitive),
+        wt,
+        bp.map(|b| b.primitive),
+        adapter,
+    );
     Ok(same::<Ad, B, 2>(Tensor::from_primitive(
         TensorPrimitive::Float(out),
     )))
+}
+
+/// The frozen product with an optional adapter on `Autodiff<Flex>` (`w` for the forward, `wt`
+/// kept for the backward).
+pub(crate) fn autodiff_forward(
+    x: AdPrim,
+    w: Frozen,
+    wt: Frozen,
+    bias: Option<FlexTensor>,
+    adapter: Option<(Tensor<Ad, 2>, Tensor<Ad, 2>, f64)>,
+) -> AdPrim {
+    match adapter {
+        None => frozen_autodiff(x, w, wt, bias),
+        Some((a, b, s)) => lora_autodiff(x, w, wt, bias, prim(a), prim(b), s),
+    }
 }
 
 /// A frozen `x·W` with `Wᵀ` given (`[out, in]` row-major), for weights that exist in both
@@ -167,7 +186,7 @@ pub fn frozen_linear<B: Backend>(
         Err(x) => {
             return match cast::<B, Flex, 2>(x) {
                 Ok(x) => {
-                    let w = flex_prim(same::<B, Flex, 2>(w.clone()));
+                    let w = Frozen::Dense(flex_prim(same::<B, Flex, 2>(w.clone())));
                     let y = forward_values(&flex_prim(x), &w, None, None);
                     Ok(same::<Flex, B, 2>(flex_tensor(y.0)))
                 }
@@ -180,7 +199,8 @@ pub fn frozen_linear<B: Backend>(
     if wp.is_tracked() || wtp.is_tracked() || !is_f32(&xp.primitive) {
         return Err(same::<Ad, B, 2>(x));
     }
-    let out = frozen_autodiff(xp, wp.primitive, wtp.primitive.to_contiguous(), None);
+    let wt = Frozen::Dense(wtp.primitive.to_contiguous());
+    let out = frozen_autodiff(xp, Frozen::Dense(wp.primitive), wt, None);
     Ok(same::<Ad, B, 2>(Tensor::from_primitive(
         TensorPrimitive::Float(out),
     )))
@@ -204,40 +224,42 @@ fn inner_forward<B: Backend>(
     let ad = adapter.map(|(a, b, s)| (f(a), f(b), s));
     let y = forward_values(
         &xp,
-        &f(w),
+        &Frozen::Dense(f(w)),
         bias.as_ref(),
         ad.as_ref().map(|(a, b, s)| (a, b, *s)),
     );
     Ok(same::<Flex, B, 2>(flex_tensor(y.0)))
 }
 
-fn prim<const D: usize>(t: Tensor<Ad, D>) -> AdPrim {
+pub(crate) fn prim<const D: usize>(t: Tensor<Ad, D>) -> AdPrim {
     t.into_primitive().tensor()
 }
 
-fn flex_prim<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+pub(crate) fn flex_prim<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor()
 }
 
-fn flex_tensor<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+pub(crate) fn flex_tensor<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-fn is_f32(t: &FlexTensor) -> bool {
+pub(crate) fn is_f32(t: &FlexTensor) -> bool {
     t.dtype() == DType::F32
 }
 
 /// Values of the forward: `(y, x·Aᵀ)`.
-fn forward_values(
+pub(crate) fn forward_values(
     x: &FlexTensor,
-    w: &FlexTensor,
+    w: &Frozen,
     bias: Option<&FlexTensor>,
     adapter: Option<(&FlexTensor, &FlexTensor, f64)>,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let x = x.to_contiguous();
-    let w = w.to_contiguous();
     let (rows, din) = dims2(&x);
-    let dout = dims2(&w).1;
+    let dout = match w {
+        Frozen::Dense(w) => dims2(w).1,
+        Frozen::Quant(q) => q.rows(),
+    };
     let mut y = vec![0f32; rows * dout];
     if let Some(b) = bias {
         let b = b.to_contiguous();
@@ -247,16 +269,19 @@ fn forward_values(
         }
     }
     let xs: &[f32] = x.storage();
-    crate::gemm::rows_times(
-        rows,
-        din,
-        dout,
-        xs,
-        w.storage(),
-        &mut y,
-        bias.is_some(),
-        1.0,
-    );
+    match w {
+        Frozen::Dense(w) => crate::gemm::rows_times(
+            rows,
+            din,
+            dout,
+            xs,
+            w.to_contiguous().storage(),
+            &mut y,
+            bias.is_some(),
+            1.0,
+        ),
+        Frozen::Quant(q) => crate::qlinear::forward(rows, xs, q, &mut y, bias.is_some()),
+    }
     let xa = adapter.map(|(a, b, s)| {
         let (a, b) = (a.to_contiguous(), b.to_contiguous());
         let r = dims2(&a).0;
@@ -308,8 +333,8 @@ struct FrozenBackward;
 struct LoraBackward;
 
 impl Backward<Flex, 1> for FrozenBackward {
-    /// `Wᵀ` (`[out, in]`, contiguous).
-    type State = FlexTensor;
+    /// `Wᵀ` (`[out, in]`, contiguous) or the blocks.
+    type State = Frozen;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
@@ -320,14 +345,7 @@ impl Backward<Flex, 1> for FrozenBackward {
 }
 
 /// `(x, x·Aᵀ, Wᵀ, A, B, s)`.
-type LoraState = (
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    FlexTensor,
-    f64,
-);
+type LoraState = (FlexTensor, FlexTensor, Frozen, FlexTensor, FlexTensor, f64);
 
 impl Backward<Flex, 3> for LoraBackward {
     type State = LoraState;
@@ -397,20 +415,26 @@ impl Backward<Flex, 3> for LoraBackward {
 }
 
 /// `dx = dy·Wᵀ (+ s·g·A)`.
-fn dx_of(dy: &FlexTensor, wt: &FlexTensor, lora: Option<(&[f32], &FlexTensor, f64)>) -> FlexTensor {
+fn dx_of(dy: &FlexTensor, wt: &Frozen, lora: Option<(&[f32], &FlexTensor, f64)>) -> FlexTensor {
     let (rows, dout) = dims2(dy);
-    let din = dims2(wt).1;
+    let din = match wt {
+        Frozen::Dense(wt) => dims2(wt).1,
+        Frozen::Quant(q) => q.cols(),
+    };
     let mut dx = vec![0f32; rows * din];
-    crate::gemm::rows_times(
-        rows,
-        dout,
-        din,
-        dy.storage(),
-        wt.storage(),
-        &mut dx,
-        false,
-        1.0,
-    );
+    match wt {
+        Frozen::Dense(wt) => crate::gemm::rows_times(
+            rows,
+            dout,
+            din,
+            dy.storage(),
+            wt.storage(),
+            &mut dx,
+            false,
+            1.0,
+        ),
+        Frozen::Quant(q) => crate::qlinear::dx(rows, dy.storage(), q, &mut dx),
+    }
     if let Some((g, a, s)) = lora {
         let r = dims2(a).0;
         crate::gemm::small(
@@ -429,7 +453,7 @@ fn dx_of(dy: &FlexTensor, wt: &FlexTensor, lora: Option<(&[f32], &FlexTensor, f6
     flat(dx, [rows, din])
 }
 
-fn frozen_autodiff(x: AdPrim, w: FlexTensor, wt: FlexTensor, bias: Option<FlexTensor>) -> AdPrim {
+fn frozen_autodiff(x: AdPrim, w: Frozen, wt: Frozen, bias: Option<FlexTensor>) -> AdPrim {
     let (y, _) = forward_values(&x.primitive, &w, bias.as_ref(), None);
     match FrozenBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
@@ -443,8 +467,8 @@ fn frozen_autodiff(x: AdPrim, w: FlexTensor, wt: FlexTensor, bias: Option<FlexTe
 
 fn lora_autodiff(
     x: AdPrim,
-    w: FlexTensor,
-    wt: FlexTensor,
+    w: Frozen,
+    wt: Frozen,
     bias: Option<FlexTensor>,
     a: AdPrim,
     b: AdPrim,

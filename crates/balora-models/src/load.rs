@@ -4,8 +4,9 @@
 use crate::bert::{BertConfig, BertModel};
 use crate::llama::{LlamaConfig, LlamaForCausalLm};
 use crate::validate::{check_finite, check_layer_count};
-use crate::weights::Weights;
+use crate::weights::{Quantizing, Weights};
 use crate::ModelError;
+use balora_adapter::BaseDtype;
 use balora_formats::{
     load_tokenizer_json, read_hf_config, tokenizer_from_gguf, GgufFile, LlamaHfView,
     SafetensorsFiles, TensorSource,
@@ -110,16 +111,45 @@ pub fn load_causal_lm<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<LoadedLm<B>, ModelError> {
+    load_causal_lm_as(path, BaseDtype::F32, device)
+}
+
+/// [`load_causal_lm`] with the frozen linear weights held as `dtype` (`model.dtype`; a
+/// quantized base needs the flex backend, and [`BaseDtype::File`] a GGUF file).
+pub fn load_causal_lm_as<B: Backend>(
+    path: &Path,
+    dtype: BaseDtype,
+    device: &B::Device,
+) -> Result<LoadedLm<B>, ModelError> {
+    let field = |m: String| ModelError::config(&path.display().to_string(), "model.dtype", m);
+    if dtype.is_quantized() && !balora_cpu::is_flex::<B>() {
+        return Err(field(format!(
+            "\"{}\" keeps the base as quantization blocks, which only the flex backend multiplies (this is {}): use backend = \"flex\" or model.dtype = \"f32\"",
+            dtype.name(),
+            B::name(device)
+        )));
+    }
     if path.is_dir() {
-        load_llama_hf_dir(path, device)
+        if dtype == BaseDtype::File {
+            return Err(field("\"file\" keeps a GGUF file's own quantization blocks, and this is a Hugging Face folder: use \"q8_0\" or \"q4_0\" (quantized at load) or \"f32\"".into()));
+        }
+        load_llama_hf_dir_as(path, dtype, device)
     } else {
-        load_llama_gguf(path, device)
+        load_llama_gguf_as(path, dtype, device)
     }
 }
 
 /// Loads a Llama-family GGUF, in Hugging Face layout (q/k rows un-permuted as they are read).
 pub fn load_llama_gguf<B: Backend>(
     path: &Path,
+    device: &B::Device,
+) -> Result<LoadedLm<B>, ModelError> {
+    load_llama_gguf_as(path, BaseDtype::F32, device)
+}
+
+fn load_llama_gguf_as<B: Backend>(
+    path: &Path,
+    dtype: BaseDtype,
     device: &B::Device,
 ) -> Result<LoadedLm<B>, ModelError> {
     let file = GgufFile::open(path).map_err(|e| fmt_err(path, e))?;
@@ -149,7 +179,10 @@ pub fn load_llama_gguf<B: Backend>(
     let tokenizer = tokenizer_from_gguf(&file).map_err(|e| fmt_err(path, e))?;
     check_tokenizer_vocab(&tokenizer, config.vocab_size, path, "tokenizer.ggml.tokens")?;
     let view = LlamaHfView::new(&file).map_err(|e| fmt_err(path, e))?;
-    let model = LlamaForCausalLm::load(&config, &GgufWeights(view), device)?;
+    let heads = (arch != "qwen2").then_some((config.num_heads, config.num_kv_heads));
+    let gw = GgufWeights(view);
+    let w = Quantizing::new(&gw, dtype, Some((&file, heads)));
+    let model = LlamaForCausalLm::load(&config, &w, device)?;
     let eos_ids = file
         .get("tokenizer.ggml.eos_token_id")
         .and_then(|v| v.as_int())
@@ -174,6 +207,14 @@ pub fn load_llama_hf_dir<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<LoadedLm<B>, ModelError> {
+    load_llama_hf_dir_as(dir, BaseDtype::F32, device)
+}
+
+fn load_llama_hf_dir_as<B: Backend>(
+    dir: &Path,
+    dtype: BaseDtype,
+    device: &B::Device,
+) -> Result<LoadedLm<B>, ModelError> {
     let cpath = dir.join("config.json");
     let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
     let config = LlamaConfig::from_hf_json(&cfg_json, &cpath.display().to_string())?;
@@ -188,7 +229,8 @@ pub fn load_llama_hf_dir<B: Backend>(
     let tpath = dir.join("tokenizer.json");
     let tokenizer = load_tokenizer_json(&tpath).map_err(|e| fmt_err(&tpath, e))?;
     check_tokenizer_vocab(&tokenizer, config.vocab_size, &tpath, "vocab")?;
-    let model = LlamaForCausalLm::load(&config, &SourceWeights(&files), device)?;
+    let sw = SourceWeights(&files);
+    let model = LlamaForCausalLm::load(&config, &Quantizing::new(&sw, dtype, None), device)?;
     let eos_ids = match cfg_json.get("eos_token_id") {
         Some(serde_json::Value::Number(n)) => {
             n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()

@@ -2,7 +2,8 @@
 //! checked tensors into burn modules.
 
 use crate::ModelError;
-use balora_adapter::LoraLinear;
+use balora_adapter::{BaseDtype, LoraLinear, QuantKind, QuantMatrix};
+use balora_formats::{GgmlType, GgufFile};
 use burn::module::{Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -20,6 +21,154 @@ pub trait Weights {
     fn contains(&self, name: &str) -> bool;
     /// Shape and row-major data of `name`.
     fn fetch(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError>;
+    /// How frozen linear weights are held (`model.dtype`): f32 unless the source is wrapped in
+    /// a [`Quantizing`].
+    fn base_dtype(&self) -> BaseDtype {
+        BaseDtype::F32
+    }
+    /// `name` (`[out, in]`, Hugging Face layout) as the file's own quantization blocks, when the
+    /// file stores it in a block type a quantized base keeps (`Q8_0`, `Q4_0`, `Q4_1`).
+    fn fetch_blocks(&self, _name: &str) -> Result<Option<QuantMatrix>, ModelError> {
+        Ok(None)
+    }
+}
+
+/// A source whose frozen linear weights are built as quantization blocks ([`BaseDtype`]):
+/// every [`LoraLinear`] loaded from it through `load_lora_linear` keeps its weight as blocks
+/// (biases, norms and embeddings stay f32). With a GGUF file the file's own blocks are read
+/// ([`Weights::fetch_blocks`]) and checked to dequantise, bit for bit, to the f32 values the
+/// wrapped source serves for the same name (that check also covers the q/k row order).
+pub struct Quantizing<'a> {
+    inner: &'a dyn Weights,
+    dtype: BaseDtype,
+    /// The GGUF file and, when its q/k rows are stored permuted, `(q heads, kv heads)`.
+    gguf: Option<(&'a GgufFile, Option<(usize, usize)>)>,
+}
+
+impl<'a> Quantizing<'a> {
+    /// `inner` with linear weights held as `dtype`; `gguf` is the file `inner` reads (llama.cpp
+    /// names) with its q/k head counts when those rows are stored permuted.
+    pub fn new(
+        inner: &'a dyn Weights,
+        dtype: BaseDtype,
+        gguf: Option<(&'a GgufFile, Option<(usize, usize)>)>,
+    ) -> Self {
+        Self { inner, dtype, gguf }
+    }
+}
+
+impl Weights for Quantizing<'_> {
+    fn origin(&self) -> String {
+        self.inner.origin()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn fetch(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        self.inner.fetch(name)
+    }
+    fn base_dtype(&self) -> BaseDtype {
+        self.dtype
+    }
+    fn fetch_blocks(&self, name: &str) -> Result<Option<QuantMatrix>, ModelError> {
+        let Some((file, heads)) = self.gguf else {
+            return Ok(None);
+        };
+        let Some(gname) = balora_formats::llama_hf_to_gguf(name) else {
+            return Ok(None);
+        };
+        let err = |m: String| ModelError::Format {
+            file: self.origin(),
+            message: format!("tensor `{gname}`: {m}"),
+        };
+        let Ok(info) = file.tensor_info(&gname) else {
+            return Ok(None);
+        };
+        let kind = match info.ggml_type {
+            GgmlType::Q8_0 => QuantKind::Q8_0,
+            GgmlType::Q4_0 => QuantKind::Q4_0,
+            GgmlType::Q4_1 => QuantKind::Q4_1,
+            _ => return Ok(None),
+        };
+        let [rows, cols] = info.shape[..] else {
+            return Ok(None);
+        };
+        let bytes = file.tensor_bytes(&gname).map_err(|e| err(e.to_string()))?;
+        let mut q = QuantMatrix::from_blocks(kind, rows, cols, bytes.to_vec()).map_err(err)?;
+        let h = match heads {
+            Some((h, _)) if gname.contains(".attn_q.") => Some(h),
+            Some((_, h)) if gname.contains(".attn_k.") => Some(h),
+            _ => None,
+        };
+        if let Some(h) = h.filter(|&h| h > 0 && rows.is_multiple_of(2 * h)) {
+            // llama.cpp stores HF row h·d + t·d/2 + j at row h·d + 2j + t (d = rows / heads).
+            let d = rows / h;
+            let src: Vec<usize> = (0..rows)
+                .map(|r| {
+                    let (hh, k) = (r / d, r % d);
+                    let (t, j) = (k / (d / 2), k % (d / 2));
+                    hh * d + 2 * j + t
+                })
+                .collect();
+            q = q.permute_rows(&src).map_err(err)?;
+        }
+        let (_, f) = self.inner.fetch(name)?;
+        if q.to_f32()
+            .iter()
+            .zip(&f)
+            .any(|(a, b)| a.to_bits() != b.to_bits())
+            || f.len() != rows * cols
+        {
+            return Err(err(format!(
+                "its {} blocks do not dequantise to the values the f32 loader reads",
+                kind.name()
+            )));
+        }
+        Ok(Some(q))
+    }
+}
+
+/// `name` (`[d_out, d_in]`) as quantization blocks for `w.base_dtype()`: the file's own blocks
+/// when they are of the asked kind (any kept kind for [`BaseDtype::File`]), else quantized here
+/// from the f32 values (`Q8_0` for `File`).
+fn quantized(
+    w: &dyn Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+) -> Result<QuantMatrix, ModelError> {
+    let dtype = w.base_dtype();
+    let want = match dtype {
+        BaseDtype::Q4_0 => Some(QuantKind::Q4_0),
+        BaseDtype::File => None,
+        _ => Some(QuantKind::Q8_0),
+    };
+    if let Some(q) = w.fetch_blocks(name)? {
+        if (q.rows(), q.cols()) != (d_out, d_in) {
+            return Err(ModelError::Shape {
+                file: w.origin(),
+                tensor: name.to_string(),
+                expected: vec![d_out, d_in],
+                actual: vec![q.rows(), q.cols()],
+            });
+        }
+        if want.is_none_or(|k| k == q.kind()) {
+            return Ok(q);
+        }
+    }
+    let data = fetch_checked(w, name, &[d_out, d_in])?;
+    let kind = want.unwrap_or(QuantKind::Q8_0);
+    QuantMatrix::quantize(kind, d_out, d_in, &data).map_err(|m| {
+        ModelError::config(
+            &w.origin(),
+            "model.dtype",
+            format!(
+                "\"{}\" cannot hold tensor `{name}` as {}: {m}",
+                dtype.name(),
+                kind.name()
+            ),
+        )
+    })
 }
 
 /// Tensors held in memory (tests, adapter files, converted checkpoints).
@@ -170,6 +319,14 @@ pub(crate) fn load_lora_linear<B: Backend>(
     dev: &B::Device,
 ) -> Result<LoraLinear<B>, ModelError> {
     let bname = format!("{prefix}.bias");
+    if w.base_dtype().is_quantized() {
+        let q = quantized(w, &format!("{prefix}.weight"), d_in, d_out)?;
+        let bd = match bias {
+            true => Some(fetch_checked(w, &bname, &[d_out])?),
+            false => None,
+        };
+        return Ok(LoraLinear::from_quantized(q, bd, dev));
+    }
     let (wd, bd) = linear_from(
         w,
         &format!("{prefix}.weight"),

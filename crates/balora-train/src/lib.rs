@@ -7,6 +7,7 @@
 //!
 //! [`synthetic`] is the paper's synthetic experiment (a 20×20 layer, rank 4) built on it.
 
+mod burn_optimizer;
 pub mod checkpoint;
 pub mod diagnostics;
 pub mod distributed;
@@ -22,6 +23,7 @@ mod synthetic_problem;
 pub mod tiny;
 mod trainer;
 
+pub use burn_optimizer::{BurnOptimizer, BurnOptimizerRecord};
 pub use grads::clip_grad_norm;
 pub use runstate::{PROGRESS_EVERY_S, PROGRESS_EVERY_STEPS};
 pub use schedule::LrSchedule;

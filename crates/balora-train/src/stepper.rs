@@ -146,6 +146,11 @@ impl<B: AutodiffBackend> TrainStepper<B> {
         self.step = step;
     }
 
+    /// The optimizer driver (to read its state).
+    pub fn driver(&self) -> &OptimizerDriver<B> {
+        &self.driver
+    }
+
     /// The optimizer driver (state save/load).
     pub fn driver_mut(&mut self) -> &mut OptimizerDriver<B> {
         &mut self.driver

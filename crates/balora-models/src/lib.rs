@@ -2,7 +2,8 @@
 //! uses to train any of them.
 //!
 //! * [`llama`]: Llama 2/3, Mistral, Qwen2, SmolLM2 (RMSNorm, RoPE, GQA, SwiGLU, tied/untied
-//!   head, KV cache); [`bert`]: BERT / MiniLM encoders and a classifier.
+//!   head, KV cache); [`bert`]: BERT / MiniLM encoders and a classifier; [`gpt`]: GPT-2
+//!   (Conv1D projections, PEFT `fan_in_fan_out`) and GPT-NeoX / Pythia (partial rotary).
 //! * [`load`]: models from GGUF files or Hugging Face folders (through `balora-formats`); every
 //!   model is in Hugging Face layout (a GGUF's q/k rows are un-permuted once, as it is read).
 //! * [`surgery`]: PEFT-style target selection ([`attach`]), trainable summary, [`merge_all`].
@@ -15,6 +16,7 @@ pub mod bert;
 mod error;
 pub mod export;
 pub mod generate;
+pub mod gpt;
 pub mod linears;
 pub mod llama;
 pub mod load;
@@ -26,6 +28,8 @@ pub mod weights;
 pub use balora_adapter::{AdapterInit, LoraConfig, ModuleSelector, Patterns};
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel, Pooling};
 pub use error::ModelError;
+pub use gpt::gpt2::{Gpt2Config, Gpt2LmHeadModel};
+pub use gpt::neox::{GptNeoXConfig, GptNeoXForCausalLm};
 pub use linears::{AdapterHost, LinearInfo};
 pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm};
 pub use peft::LayerSelector;

@@ -288,3 +288,44 @@ pub fn load_bert_hf_dir<B: Backend>(
     let model = BertModel::load(&config, &SourceWeights(&files), device)?;
     Ok((model, config, tokenizer))
 }
+
+/// A Hugging Face folder's `config.json` (with its path, for messages) and safetensors.
+fn hf_files(dir: &Path) -> Result<(serde_json::Value, String, SafetensorsFiles), ModelError> {
+    let cpath = dir.join("config.json");
+    let cfg_json = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
+    Ok((cfg_json, cpath.display().to_string(), safetensors_in(dir)?))
+}
+
+/// Loads a GPT-2 Hugging Face folder (`config.json` + `*.safetensors`; the tokenizer is not
+/// read: use [`load_tokenizer_json`] when needed).
+pub fn load_gpt2_hf_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(crate::Gpt2LmHeadModel<B>, crate::Gpt2Config), ModelError> {
+    let (v, origin, files) = hf_files(dir)?;
+    let config = crate::Gpt2Config::from_hf_json(&v, &origin)?;
+    let names = files.names();
+    let prefix = if names.iter().any(|n| n.starts_with("h.")) {
+        "h."
+    } else {
+        "transformer.h."
+    };
+    check_layer_count(&origin, "n_layer", config.num_layers, &names, prefix)?;
+    let model = crate::Gpt2LmHeadModel::load(&config, &SourceWeights(&files), device)?;
+    Ok((model, config))
+}
+
+/// Loads a GPT-NeoX / Pythia Hugging Face folder (`config.json` + `*.safetensors`; the
+/// tokenizer is not read).
+pub fn load_gpt_neox_hf_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(crate::GptNeoXForCausalLm<B>, crate::GptNeoXConfig), ModelError> {
+    let (v, origin, files) = hf_files(dir)?;
+    let config = crate::GptNeoXConfig::from_hf_json(&v, &origin)?;
+    let names = files.names();
+    let n = config.num_layers;
+    check_layer_count(&origin, "num_hidden_layers", n, &names, "gpt_neox.layers.")?;
+    let model = crate::GptNeoXForCausalLm::load(&config, &SourceWeights(&files), device)?;
+    Ok((model, config))
+}

@@ -1,7 +1,10 @@
 //! PEFT-compatible adapter files: `adapter_model.safetensors` + `adapter_config.json`, with
 //! PEFT's key names (`base_model.model.<module>.lora_A.weight` `[r, in]`, `lora_B.weight`
 //! `[out, r]`) and config fields. Every model is in Hugging Face layout (a GGUF's q/k rows are
-//! un-permuted at load), so the factors are written and read as they are.
+//! un-permuted at load), so the factors are written and read as they are. On GPT-2's `Conv1D`
+//! layers (PEFT's `fan_in_fan_out=True`) the factors have the same shapes and meaning (PEFT
+//! merges `W += transpose(B·A)·scale` into the `[in, out]` weight, which is burn's layout);
+//! only a `modules_to_save` weight is written and read `[in, out]` there.
 
 use crate::linears::AdapterHost;
 use crate::surgery::{layer_adapter, unfreeze};
@@ -67,7 +70,27 @@ pub fn config_json<B: Backend, M: AdapterHost<B>>(
         ModuleSelector::List(v) if !(v.len() == 1 && v[0] == "all-linear") => json!(v),
         _ => json!(resolved_targets(model)),
     };
-    wire::to_peft(spec, targets, meta)
+    wire::to_peft(spec, targets, adapts_conv1d(model), meta)
+}
+
+/// Whether an adapted layer is a Hugging Face `Conv1D` (GPT-2): PEFT then records
+/// `fan_in_fan_out: true`.
+fn adapts_conv1d<B: Backend, M: AdapterHost<B>>(model: &M) -> bool {
+    model
+        .linears()
+        .iter()
+        .any(|(i, l)| l.adapter.is_some() && i.fan_in_fan_out)
+}
+
+/// A base weight as a file holds it: `[out, in]` (`nn.Linear`), or `[in, out]` for a
+/// `Conv1D` (`fan_in_fan_out`), which is burn's own layout.
+fn base_weight_out<B: Backend>(fan_in_fan_out: bool, l: &LoraLinear<B>) -> (Vec<usize>, Vec<f32>) {
+    let (din, dout) = l.dims();
+    if fan_in_fan_out {
+        (vec![din, dout], to_vec(l.base.weight.val()))
+    } else {
+        (vec![dout, din], to_vec(l.base.weight.val().transpose()))
+    }
 }
 
 /// All tensors of the adapter file, in PEFT names and HF layout.
@@ -94,9 +117,9 @@ pub fn adapter_tensors<B: Backend, M: AdapterHost<B>>(
             .iter()
             .any(|s| info.path == *s || info.path.ends_with(&format!(".{s}")))
         {
-            let (din, dout) = l.dims();
-            let w = to_vec(l.base.weight.val().transpose());
-            out.push((format!("{pre}.weight"), vec![dout, din], w));
+            let (shape, w) = base_weight_out(info.fan_in_fan_out, l);
+            out.push((format!("{pre}.weight"), shape, w));
+            let dout = l.dims().1;
             if let Some(bias) = &l.base.bias {
                 out.push((format!("{pre}.bias"), vec![dout], to_vec(bias.val())));
             }
@@ -151,7 +174,33 @@ pub fn load_adapter<B: Backend, M: AdapterHost<B>>(
 ) -> Result<(M, LoraConfig), ModelError> {
     let (spec, w) = read_adapter(dir)?;
     let model = apply_adapter_tensors(model, &spec, &w, device)?;
+    warn_fan_in_fan_out(&model, &dir.join(ADAPTER_CONFIG));
     Ok((model, spec))
+}
+
+/// PEFT overrides a config's `fan_in_fan_out` by each module's type (`Conv1D` → true,
+/// `nn.Linear` → false) with a warning; so does balora (the factors mean the same either way).
+fn warn_fan_in_fan_out<B: Backend, M: AdapterHost<B>>(model: &M, cpath: &Path) {
+    let Some(said) = std::fs::read_to_string(cpath)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("fan_in_fan_out").and_then(serde_json::Value::as_bool))
+    else {
+        return;
+    };
+    let adapted: Vec<bool> = model
+        .linears()
+        .iter()
+        .filter(|(_, l)| l.adapter.is_some())
+        .map(|(i, _)| i.fan_in_fan_out)
+        .collect();
+    if adapted.iter().any(|&c| c != said) {
+        tracing::warn!(
+            file = %cpath.display(),
+            "fan_in_fan_out is {said} but the adapted layers are {}: set by the layer type, as PEFT does",
+            if said { "nn.Linear layers ([out, in] weights)" } else { "Conv1D layers ([in, out] weights)" }
+        );
+    }
 }
 
 /// Attaches adapters from PEFT-named tensors `w` according to `spec`.
@@ -226,10 +275,14 @@ pub fn apply_adapter_tensors<B: Backend, M: AdapterHost<B>>(
                     ),
                 ));
             }
-            let data = crate::weights::fetch_checked(w, &kw, &[dout, din])?;
             let mut base = l.base.clone();
-            base.weight =
-                crate::weights::frozen(tensor2::<B>(data, [dout, din], device).transpose());
+            base.weight = crate::weights::frozen(if info.fan_in_fan_out {
+                let data = crate::weights::fetch_checked(w, &kw, &[din, dout])?;
+                tensor2::<B>(data, [din, dout], device)
+            } else {
+                let data = crate::weights::fetch_checked(w, &kw, &[dout, din])?;
+                tensor2::<B>(data, [dout, din], device).transpose()
+            });
             consumed.insert(kw);
             let kbias = format!("{pre}.bias");
             if w.contains(&kbias) {

@@ -54,6 +54,13 @@ pub const INERT: &[&str] = &[
     "qalora_group_size",
     "eva_config",
     "ensure_weight_tying",
+    // fan_in_fan_out says whether the base weights are stored `[in, out]` (HF `Conv1D`, GPT-2).
+    // PEFT decides it by the module's type, whatever the file says (`_create_new_module` in
+    // peft/tuners/lora/layer.py: `Conv1D` → True, `nn.Linear` → False, with a warning), and the
+    // factors are `lora_A` `[r, in]`, `lora_B` `[out, r]` either way: it does not change what
+    // they compute. [`crate::peft::load_adapter`] compares it with the model's layers and warns
+    // on a mismatch as PEFT does; balora writes the value PEFT would.
+    "fan_in_fan_out",
 ];
 
 /// What a feature field's default looks like.
@@ -86,11 +93,6 @@ impl Default_ {
 /// LoRA features balora does not implement: (field, default, what the feature is).
 const FEATURES: &[(&str, Default_, &str)] = &[
     ("use_dora", Default_::False, "DoRA (weight-decomposed LoRA)"),
-    (
-        "fan_in_fan_out",
-        Default_::False,
-        "transposed (Conv1D, GPT-2 style) base weights",
-    ),
     ("bias", Default_::NoneStr, "trained base-layer biases"),
     ("lora_bias", Default_::False, "a bias on lora_B"),
     ("use_qalora", Default_::False, "QALoRA"),

@@ -167,8 +167,14 @@ struct PeftOut<'a> {
 }
 
 /// The `adapter_config.json` text for `cfg` (`targets` = the resolved target names when the
-/// config says `"all-linear"`, as PEFT writes them).
-pub(crate) fn to_peft(cfg: &LoraConfig, targets: Value, meta: &AdapterMeta) -> String {
+/// config says `"all-linear"`, as PEFT writes them; `fan_in_fan_out`: the adapted layers are
+/// HF `Conv1D` layers, as PEFT records it).
+pub(crate) fn to_peft(
+    cfg: &LoraConfig,
+    targets: Value,
+    fan_in_fan_out: bool,
+    meta: &AdapterMeta,
+) -> String {
     let out = PeftOut {
         peft_type: "LORA",
         task_type: &meta.task_type,
@@ -188,7 +194,7 @@ pub(crate) fn to_peft(cfg: &LoraConfig, targets: Value, meta: &AdapterMeta) -> S
         modules_to_save: (!cfg.modules_to_save.is_empty()).then_some(&cfg.modules_to_save),
         use_rslora: cfg.rslora,
         use_dora: false,
-        fan_in_fan_out: false,
+        fan_in_fan_out,
         bias: "none",
         init_lora_weights: match cfg.init {
             AdapterInit::Kaiming => Value::Bool(true),

@@ -293,7 +293,11 @@ fn classifier_merge_parity_and_peft_keys() {
         keys[0],
         "base_model.model.encoder.layer.0.attention.self.query.lora_A.weight"
     );
-    let dir = std::env::temp_dir().join(format!("balora-bert-{}", std::process::id()));
+    let dir_tmp = tempfile::Builder::new()
+        .prefix("balora-bert-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_tmp.path();
     save_adapter(
         &un,
         &spec,
@@ -301,7 +305,7 @@ fn classifier_merge_parity_and_peft_keys() {
             task_type: Some("SEQ_CLS".into()),
             base_model_name_or_path: None,
         },
-        &dir,
+        dir,
     )
     .unwrap();
     let fresh = BertForSequenceClassification::new(
@@ -310,9 +314,8 @@ fn classifier_merge_parity_and_peft_keys() {
         Pooling::Cls,
         &dev,
     );
-    let (re, _) = load_adapter(fresh, &dir, &dev).unwrap();
+    let (re, _) = load_adapter(fresh, dir, &dev).unwrap();
     assert!(max_abs_diff(&to_vec(re.forward_classes(x, Some(mask))), &b64) < 1e-5);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn spec_q() -> LoraConfig {

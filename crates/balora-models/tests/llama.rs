@@ -259,20 +259,23 @@ fn gguf_base_adapter_is_saved_in_hf_layout() {
     let (m, _) = attach(gguf_model(), &spec, &dev).unwrap();
     let m = randomize_b(m);
     let gguf_logits = to_vec(m.forward_logits(ids(&GGUF_PROMPT), None));
-    let dir = std::env::temp_dir().join(format!("balora-gguf-adapter-{}", std::process::id()));
-    save_adapter(&m, &spec, &AdapterMeta::default(), &dir).unwrap();
+    let dir_tmp = tempfile::Builder::new()
+        .prefix("balora-gguf-adapter-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_tmp.path();
+    save_adapter(&m, &spec, &AdapterMeta::default(), dir).unwrap();
     // The saved file applied to the HF-layout base gives the same model.
-    let (hf, _) = load_adapter(load(&t, &w), &dir, &dev).unwrap();
+    let (hf, _) = load_adapter(load(&t, &w), dir, &dev).unwrap();
     let hf_logits: Vec<f64> = to_vec(hf.forward_logits(ids(&GGUF_PROMPT), None))
         .iter()
         .map(|&x| x as f64)
         .collect();
     assert!(max_abs_diff(&gguf_logits, &hf_logits) < 1e-4);
     // Reloading into the GGUF base round-trips too.
-    let (back, _) = load_adapter(gguf_model(), &dir, &dev).unwrap();
+    let (back, _) = load_adapter(gguf_model(), dir, &dev).unwrap();
     let back_logits = to_vec(back.forward_logits(ids(&GGUF_PROMPT), None));
     assert!(max_abs_diff(&back_logits, &hf_logits) < 1e-4);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

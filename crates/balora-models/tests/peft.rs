@@ -38,10 +38,12 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft_tiny")
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("balora-peft-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder, removed when the returned guard is dropped (also when the test fails).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("balora-peft-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -95,19 +97,20 @@ fn loads_adapter_written_by_python_safetensors() {
 #[test]
 fn round_trip_is_exact_and_keys_are_peft_names() {
     let (m, spec) = load_adapter(model(), &fixture(), &Default::default()).unwrap();
-    let dir = tmp("rt");
+    let dir_tmp = tmp("rt");
+    let dir = dir_tmp.path();
     let meta = AdapterMeta {
         task_type: Some("CAUSAL_LM".into()),
         base_model_name_or_path: Some("tiny".into()),
     };
-    save_adapter(&m, &spec, &meta, &dir).unwrap();
+    save_adapter(&m, &spec, &meta, dir).unwrap();
     let orig =
         balora_models::MemWeights::read_safetensors(&fixture().join("adapter_model.safetensors"))
             .unwrap();
     let back = balora_models::MemWeights::read_safetensors(&dir.join("adapter_model.safetensors"))
         .unwrap();
     assert_eq!(orig.tensors, back.tensors);
-    let (spec2, _) = read_adapter(&dir).unwrap();
+    let (spec2, _) = read_adapter(dir).unwrap();
     assert_eq!(spec2.rank_pattern, spec.rank_pattern);
     assert_eq!(spec2.alpha_pattern, spec.alpha_pattern);
     let cfg: serde_json::Value =
@@ -122,7 +125,6 @@ fn round_trip_is_exact_and_keys_are_peft_names() {
     }
     assert_eq!(cfg["fan_in_fan_out"], false);
     assert_eq!(cfg["use_dora"], false);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn write_cfg(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
@@ -137,7 +139,8 @@ fn write_cfg(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
 #[test]
 fn malformed_adapters_give_clear_errors() {
     let dev = Default::default();
-    let dir = tmp("bad");
+    let dir_tmp = tmp("bad");
+    let dir = dir_tmp.path();
     std::fs::copy(
         fixture().join("adapter_model.safetensors"),
         dir.join("adapter_model.safetensors"),
@@ -160,29 +163,29 @@ fn malformed_adapters_give_clear_errors() {
     ];
     // (fan_in_fan_out is set by the layer type, as in PEFT: tests/gpt_families.rs.)
     for (needle, edit) in cases {
-        write_cfg(&dir, edit);
-        let e = load_adapter(model(), &dir, &dev).unwrap_err().to_string();
+        write_cfg(dir, edit);
+        let e = load_adapter(model(), dir, &dev).unwrap_err().to_string();
         assert!(e.contains(needle), "expected `{needle}` in: {e}");
         assert!(e.contains("adapter_"), "error names the file: {e}");
     }
     // A field a newer PEFT may write is accepted (with a warning), not an error.
-    write_cfg(&dir, |v| v["frobnicate"] = 1.into());
-    load_adapter(model(), &dir, &dev).expect("unknown fields are ignored with a warning");
+    write_cfg(dir, |v| v["frobnicate"] = 1.into());
+    load_adapter(model(), dir, &dev).expect("unknown fields are ignored with a warning");
     // Truncated / non-safetensors weights file.
-    write_cfg(&dir, |_| {});
+    write_cfg(dir, |_| {});
     let bytes = std::fs::read(fixture().join("adapter_model.safetensors")).unwrap();
     std::fs::write(
         dir.join("adapter_model.safetensors"),
         &bytes[..bytes.len() / 2],
     )
     .unwrap();
-    let e = load_adapter(model(), &dir, &dev).unwrap_err().to_string();
+    let e = load_adapter(model(), dir, &dev).unwrap_err().to_string();
     assert!(
         e.contains("adapter_model.safetensors") && e.contains("safetensors"),
         "{e}"
     );
     std::fs::write(dir.join("adapter_model.safetensors"), b"{not a header").unwrap();
-    assert!(load_adapter(model(), &dir, &dev).is_err());
+    assert!(load_adapter(model(), dir, &dev).is_err());
     // A key of another model.
     let mut w =
         balora_models::MemWeights::read_safetensors(&fixture().join("adapter_model.safetensors"))
@@ -217,7 +220,6 @@ fn malformed_adapters_give_clear_errors() {
         e.contains("q_proj.lora_B.weight") && e.contains("[20, 4]") && e.contains("[24, 4]"),
         "{e}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn adapted(spec: &LoraConfig) -> Vec<(String, usize)> {
@@ -309,17 +311,17 @@ fn trainable_summary_counts_by_hand() {
     assert_eq!(summary(&m, &["lm_head".to_string()]), s);
     assert!(s.to_string().contains("trainable%"));
     // Saving writes the full head under PEFT's modules_to_save name.
-    let dir = tmp("mts");
-    save_adapter(&m, &spec, &AdapterMeta::default(), &dir).unwrap();
+    let dir_tmp = tmp("mts");
+    let dir = dir_tmp.path();
+    save_adapter(&m, &spec, &AdapterMeta::default(), dir).unwrap();
     let w = balora_models::MemWeights::read_safetensors(&dir.join("adapter_model.safetensors"))
         .unwrap();
     assert_eq!(w.tensors["base_model.model.lm_head.weight"].0, vec![40, 24]);
-    let (m2, _) = load_adapter(model(), &dir, &Default::default()).unwrap();
+    let (m2, _) = load_adapter(model(), dir, &Default::default()).unwrap();
     assert_eq!(
         to_vec(m2.lm_head.unwrap().base.weight.val()),
         to_vec(m.lm_head.unwrap().base.weight.val())
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -327,13 +329,15 @@ fn balance_keeps_products_and_balances_grams() {
     use balora_manifold::balanced::Gauge;
     use balora_models::balance::balance_adapter;
     // The Python fixture's factors have rank 2 (sin/cos of sums): only the active part is balanced.
-    let out = tmp("bal");
-    let rows = balance_adapter(&fixture(), &out, Gauge::Closest).unwrap();
+    let out_tmp = tmp("bal");
+    let out = out_tmp.path();
+    let rows = balance_adapter(&fixture(), out, Gauge::Closest).unwrap();
     assert!(rows
         .iter()
         .all(|r| r.active_rank == 2 && r.product_rel_change < 1e-12));
     // A full-rank adapter: random B on a fresh Kaiming A.
-    let src = tmp("bal-src");
+    let src_tmp = tmp("bal-src");
+    let src = src_tmp.path();
     let spec = LoraConfig::new(
         3,
         6.0,
@@ -353,9 +357,9 @@ fn balance_keeps_products_and_balances_grams() {
         }
         l
     });
-    save_adapter(&m, &spec, &AdapterMeta::default(), &src).unwrap();
+    save_adapter(&m, &spec, &AdapterMeta::default(), src).unwrap();
     for gauge in [Gauge::Closest, Gauge::Canonical] {
-        let rows = balance_adapter(&src, &out, gauge).unwrap();
+        let rows = balance_adapter(src, out, gauge).unwrap();
         assert_eq!(rows.len(), 6);
         assert!(rows.iter().all(|r| r.active_rank == 3));
         let before =
@@ -423,10 +427,8 @@ fn balance_keeps_products_and_balances_grams() {
             assert!(row.imbalance_before > 0.1 && row.imbalance_after < 1e-6);
         }
         // The config is carried over and the result loads.
-        load_adapter(model(), &out, &Default::default()).unwrap();
+        load_adapter(model(), out, &Default::default()).unwrap();
     }
-    std::fs::remove_dir_all(&out).ok();
-    std::fs::remove_dir_all(&src).ok();
 }
 
 #[test]
@@ -441,15 +443,16 @@ fn saved_config_keeps_the_pattern_order_and_reloads_the_same_ranks() {
     let (m, _) = attach(model(), &spec, &Default::default()).unwrap();
     let ranks = adapted(&spec);
     assert!(ranks.contains(&("model.layers.0.self_attn.q_proj".into(), 3)));
-    let dir = tmp("order");
-    save_adapter(&m, &spec, &AdapterMeta::default(), &dir).unwrap();
+    let dir_tmp = tmp("order");
+    let dir = dir_tmp.path();
+    save_adapter(&m, &spec, &AdapterMeta::default(), dir).unwrap();
     let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
     let (g, s) = (
         text.find("\"q_proj\": 3").unwrap(),
         text.find("\"layers.0.self_attn.q_proj\": 5").unwrap(),
     );
     assert!(g < s, "{text}");
-    let (back, _) = load_adapter(model(), &dir, &Default::default()).unwrap();
+    let (back, _) = load_adapter(model(), dir, &Default::default()).unwrap();
     let back_ranks: Vec<(String, usize)> = back
         .linears()
         .into_iter()

@@ -82,10 +82,12 @@ fn classifier(family: &str) -> BertForSequenceClassification<B> {
     BertForSequenceClassification::new(bert, 3, Pooling::Cls, &dev)
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("balora-peft-real-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder, removed when the returned guard is dropped (also when the test fails).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("balora-peft-real-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -223,10 +225,11 @@ fn balance_gap(w: &MemWeights) -> f64 {
 fn balancing_real_peft_adapters_keeps_outputs() {
     for family in ["llama", "qwen2"] {
         let input = root(family).join("adapter");
-        let out = tmp(&format!("bal-{family}"));
-        balance_adapter(&input, &out, Gauge::Closest).unwrap();
+        let out_tmp = tmp(&format!("bal-{family}"));
+        let out = out_tmp.path();
+        balance_adapter(&input, out, Gauge::Closest).unwrap();
         let (_, before) = read_adapter(&input).unwrap();
-        let (_, after) = read_adapter(&out).unwrap();
+        let (_, after) = read_adapter(out).unwrap();
         let (gb, ga) = (balance_gap(&before), balance_gap(&after));
         println!("{family}: balance gap ‖BᵀB−AAᵀ‖/‖·‖ before {gb:.3e}, after {ga:.3e}");
         assert!(
@@ -234,13 +237,12 @@ fn balancing_real_peft_adapters_keeps_outputs() {
             "{family}: the PEFT adapter should start unbalanced"
         );
         assert!(ga < 1e-5, "{family}: gap {ga:.3e} after balancing");
-        let (m, _) = load_adapter(lm(family), &out, &Default::default()).unwrap();
+        let (m, _) = load_adapter(lm(family), out, &Default::default()).unwrap();
         check(
             &format!("{family} balanced logits vs PEFT"),
             &logits(&m, family),
             &want(&expected(family), "adapted_logits"),
         );
-        std::fs::remove_dir_all(&out).ok();
     }
 }
 

@@ -322,16 +322,7 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
         };
         emb(&mut out, "transformer.wte.weight", &t.wte);
         emb(&mut out, "transformer.wpe.weight", &t.wpe);
-        let ln = |out: &mut Vec<NamedTensor>, p: &str, n: &LayerNorm<B>| {
-            out.push((
-                format!("{p}.weight"),
-                n.gamma.dims().to_vec(),
-                to_vec(n.gamma.val()),
-            ));
-            if let Some(b) = &n.beta {
-                out.push((format!("{p}.bias"), b.dims().to_vec(), to_vec(b.val())));
-            }
-        };
+        let ln = super::push_layer_norm::<B>;
         for (i, blk) in t.h.iter().enumerate() {
             ln(&mut out, &format!("transformer.h.{i}.ln_1"), &blk.ln_1);
             ln(&mut out, &format!("transformer.h.{i}.ln_2"), &blk.ln_2);

@@ -12,9 +12,12 @@
 
 pub mod gpt2;
 pub mod neox;
+mod neox_config;
 
+use crate::export::NamedTensor;
+use crate::weights::to_vec;
 use crate::ModelError;
-use burn::nn::Embedding;
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
 use serde_json::Value;
@@ -159,5 +162,21 @@ pub(crate) fn tied_logits<B: Backend>(
     match balora_cpu::frozen_linear(h, copy, &e.weight.val()) {
         Ok(y) => y,
         Err(h) => burn::tensor::module::linear(h, copy.clone(), None),
+    }
+}
+
+/// Appends a LayerNorm's `{prefix}.weight` and `{prefix}.bias` (Hugging Face names) to `out`.
+pub(crate) fn push_layer_norm<B: Backend>(
+    out: &mut Vec<NamedTensor>,
+    prefix: &str,
+    n: &LayerNorm<B>,
+) {
+    out.push((
+        format!("{prefix}.weight"),
+        n.gamma.dims().to_vec(),
+        to_vec(n.gamma.val()),
+    ));
+    if let Some(b) = &n.beta {
+        out.push((format!("{prefix}.bias"), b.dims().to_vec(), to_vec(b.val())));
     }
 }

@@ -14,6 +14,7 @@ mod generate;
 mod inspect;
 mod merge;
 mod plugins_link;
+mod ranks;
 mod run_dir;
 mod signals;
 mod train;

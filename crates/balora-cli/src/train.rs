@@ -245,6 +245,7 @@ where
         stop: mopts.stop,
         allow_config_change: mopts.allow_config_change,
         collective: Some(balora_collective::world()?),
+        on_mismatch: crate::ranks::on_mismatch(backend_of(cfg.backend)),
     };
     // In a data-parallel job rank 0 alone writes the adapter.
     let writer = balora_collective::world()?.rank() == 0;
@@ -382,14 +383,14 @@ pub fn job_config(a: &TrainArgs) -> Result<JobConfig> {
 /// `balora train`.
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = job_config(&a)?;
-    check_devices(&cfg)?;
+    crate::ranks::check_devices(&cfg)?;
     let out = cfg.output.dir.clone();
     let backend = backend_of(cfg.backend);
     let start = Instant::now();
     let res = resolve(&cfg)?;
     let inputs = res.inputs(&cfg, a.job.config.as_deref());
     // Data-parallel (mpiexec/srun): rank 0 owns the run folder, the others wait until it is set up.
-    let world = balora_collective::world()?;
+    let world = balora_collective::init_world(crate::ranks::use_nccl(&cfg, backend)?)?;
     let run_dir = (world.rank() == 0)
         .then(|| crate::run_dir::open(&out, &cfg, &inputs, a.allow_config_change))
         .transpose()?;
@@ -401,6 +402,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         allow_config_change: a.allow_config_change,
     };
     let outcome = crate::backend::dispatch!(backend, |B, device| {
+        let device = crate::ranks::rank_device::<B>(backend, device, &cfg, &*world)?;
         let (base, data) = load_base::<B>(&cfg, &res, &device)?;
         run_method::<B>(&cfg, &base, &data, &out, mopts, &device)?
     })?;
@@ -468,18 +470,4 @@ pub fn backend_of(b: balora_config::BackendName) -> crate::backend::BackendKind 
         balora_config::BackendName::Cuda => K::Cuda,
         balora_config::BackendName::Tch => K::Tch,
     }
-}
-
-/// `trainer.devices`: one device per process (data parallelism is one process per device under
-/// MPI: docs/distributed.md).
-pub fn check_devices(cfg: &JobConfig) -> Result<()> {
-    if cfg.trainer.devices.len() > 1 {
-        bail!(
-            "trainer.devices = {:?}: one device per process. For data-parallel training run one \
-             process per device under MPI (`mpiexec -n N balora train …`, a binary built with \
-             `--features mpi`; docs/distributed.md) and give each a single device.",
-            cfg.trainer.devices
-        );
-    }
-    Ok(())
 }

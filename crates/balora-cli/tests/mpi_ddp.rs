@@ -2,7 +2,9 @@
 //! `mpiexec -n 2 balora train` equals one process with `trainer.grad_accum = 2` bit for bit
 //! (adapter bytes, per-step losses and gradient norms, evaluation losses, checkpointed parameters
 //! and optimizer state) for LoRA and BaLoRA; a 2-rank run resumed from a checkpoint equals the
-//! uninterrupted one; a rank that dies in the middle of a job fails it within seconds.
+//! uninterrupted one; a rank that dies in the middle of a job fails it within seconds; a rank whose
+//! adapters and optimizer state drifted is an error on CPU backends, and with the GPU rule
+//! (re-broadcast from rank 0, forced by a test hook) the run goes on exactly like an undisturbed one.
 //! Tiny llama GGUF from the fuzz corpus and a generated corpus: no downloaded asset needed.
 #![cfg(feature = "mpi")]
 
@@ -150,6 +152,11 @@ fn bytes(p: &Path) -> Vec<u8> {
 
 /// Everything that must be identical between two finished runs of the tiny job.
 fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    assert_same_at(a, b, what, 4);
+}
+
+/// [`assert_same_run`] with the checkpoint of `step` (the last ones are kept).
+fn assert_same_at(a: &Path, b: &Path, what: &str, step: u64) {
     let (ra, rb) = (records(a), records(b));
     assert!(!ra.is_empty());
     assert_eq!(ra, rb, "{what}: metrics differ");
@@ -159,7 +166,7 @@ fn assert_same_run(a: &Path, b: &Path, what: &str) {
         "{what}: adapter bytes differ"
     );
     for file in ["params.safetensors", "optimizer.safetensors"] {
-        let p = format!("checkpoints/checkpoint-00000004/{file}");
+        let p = format!("checkpoints/checkpoint-{step:08}/{file}");
         assert!(
             bytes(&a.join(&p)) == bytes(&b.join(&p)),
             "{what}: {p} differs"
@@ -239,5 +246,105 @@ fn a_rank_that_dies_fails_the_job_within_seconds() {
         "took {took:?}\n{}",
         text(&o)
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// 12 steps: the fingerprint check after step 10 (`FINGERPRINT_EVERY`) sees the perturbed rank,
+/// and steps 11 and 12 then run on both ranks' state.
+const PERTURB: (&str, &str) = ("BALORA_FUZZ_PERTURB", "1:10");
+
+#[test]
+fn a_rank_that_drifted_is_an_error_on_cpu() {
+    let dir = scratch("mpi-drift-error");
+    let data = corpus(&dir);
+    let mut args = job(&data, "balanced", 12);
+    args.extend(["--out".into(), dir.join("run").display().to_string()]);
+    let (o, took) = mpiexec(2, &args, &[PERTURB]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        err.contains("rank 1 perturbs")
+            && err.contains("after step 10 the adapters or optimizer state of rank(s) [1] differ"),
+        "{}",
+        text(&o)
+    );
+    assert!(took < Duration::from_secs(120), "took {took:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn with_the_gpu_rule_a_drifted_rank_gets_rank_0s_state_and_the_run_equals_an_undisturbed_one() {
+    let dir = scratch("mpi-drift-rebroadcast");
+    let data = corpus(&dir);
+    let args = job(&data, "balanced", 12);
+    let one = dir.join("one");
+    single(&args, &["--set", "trainer.grad_accum=2"], &one);
+    let two = dir.join("two");
+    let mut a = args.clone();
+    a.extend(["--out".into(), two.display().to_string()]);
+    let (o, _) = mpiexec(
+        2,
+        &a,
+        &[PERTURB, ("BALORA_FUZZ_ON_MISMATCH", "rebroadcast")],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rank 1 perturbs"), "{}", text(&o));
+    // Warned once (after step 10); the check after step 12 found the ranks equal again.
+    assert_eq!(
+        err.matches("re-sending rank 0's adapters and optimizer state")
+            .count(),
+        1,
+        "{}",
+        text(&o)
+    );
+    // Steps 11 and 12 sum both ranks' gradients: rank 1 computed its share with rank 0's state.
+    assert_same_at(&one, &two, "re-broadcast", 12);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn nccl_is_refused_for_a_cpu_backend() {
+    let dir = scratch("mpi-nccl-cpu");
+    let data = corpus(&dir);
+    let o = balora()
+        .args(job(&data, "balanced", 2))
+        .args(["--set", "trainer.collective=\"nccl\"", "--out"])
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("trainer.collective = \"nccl\" needs backend = \"cuda\""),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A binary built with `mpi` but not `nccl`: asking for NCCL in a 2-rank job stops every rank
+/// with an error naming the feature (before the cuda backend is even needed).
+#[cfg(not(feature = "nccl"))]
+#[test]
+fn nccl_without_the_feature_names_it() {
+    let dir = scratch("mpi-nccl-missing");
+    let data = corpus(&dir);
+    let mut args = job(&data, "balanced", 2);
+    for s in ["backend=\"cuda\"", "trainer.collective=\"nccl\""] {
+        args.extend(["--set".into(), s.into()]);
+    }
+    args.extend(["--out".into(), dir.join("run").display().to_string()]);
+    let (o, took) = mpiexec(2, &args, &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.matches("built without it; rebuild with the `nccl` cargo feature")
+            .count()
+            == 2,
+        "{}",
+        text(&o)
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -18,6 +18,8 @@ pub struct Mpi {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
+    local_rank: usize,
+    local_size: usize,
 }
 
 /// The MPI environment: dropping it calls `MPI_Finalize`.
@@ -41,6 +43,7 @@ impl std::fmt::Debug for Mpi {
         f.debug_struct("Mpi")
             .field("rank", &self.rank)
             .field("size", &self.size)
+            .field("local_rank", &self.local_rank)
             .finish()
     }
 }
@@ -55,11 +58,20 @@ impl Mpi {
         let world = universe.world();
         let rank = world.rank() as usize;
         let size = world.size() as usize;
-        tracing::debug!(rank, size, "MPI initialised");
+        // The ranks that share this node's memory, ordered by world rank.
+        let node = world.split_shared(world.rank());
+        let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
+        tracing::debug!(rank, size, local_rank, local_size, "MPI initialised");
         if let Ok(mut u) = UNIVERSE.lock() {
             *u = Some(universe);
         }
-        Ok(Self { world, rank, size })
+        Ok(Self {
+            world,
+            rank,
+            size,
+            local_rank,
+            local_size,
+        })
     }
 }
 
@@ -72,6 +84,12 @@ impl Collective for Mpi {
     }
     fn name(&self) -> &'static str {
         "mpi"
+    }
+    fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+    fn local_size(&self) -> usize {
+        self.local_size
     }
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<(), CollectiveError> {
         for chunk in buf.chunks_mut(CHUNK) {

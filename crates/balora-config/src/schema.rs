@@ -272,6 +272,20 @@ pub enum ScheduleName {
     Cosine,
 }
 
+/// How the ranks of a data-parallel job (`mpiexec -n N balora train`) sum their gradients
+/// (`trainer.collective`; docs/distributed.md). Other communication is always MPI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectiveName {
+    /// NCCL with the `cuda` backend, MPI otherwise.
+    #[default]
+    Auto,
+    /// MPI on the host (every backend; GPU gradients are copied to the host).
+    Mpi,
+    /// NCCL on each rank's CUDA device (the `cuda` backend; a binary built with `--features nccl`).
+    Nccl,
+}
+
 /// `[trainer]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -298,8 +312,12 @@ pub struct TrainerSection {
     pub eval_batches: usize,
     /// Seed for initialisation, shuffling and dropout.
     pub seed: u64,
-    /// Devices (`cpu`, `cuda:0`, …); more than one = data parallel.
+    /// The device of this process (`cpu`, `cuda:N`, `wgpu:N`): one entry. With the cuda or wgpu
+    /// backend the index picks the GPU; in a data-parallel job the rank's local rank picks it
+    /// instead (local rank modulo the visible devices, docs/distributed.md).
     pub devices: Vec<String>,
+    /// How the ranks of a data-parallel job sum gradients: `auto`, `mpi` or `nccl`.
+    pub collective: CollectiveName,
     /// Write a checkpoint every N steps (default 20; 0 = only at the end). A checkpoint is also
     /// written at the end and when SIGINT/SIGTERM stops the run.
     pub checkpoint_every: u64,
@@ -328,6 +346,7 @@ impl Default for TrainerSection {
             eval_batches: 2,
             seed: 0,
             devices: vec!["cpu".into()],
+            collective: CollectiveName::Auto,
             checkpoint_every: 20,
             keep_checkpoints: 2,
             resume: false,

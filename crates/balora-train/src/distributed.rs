@@ -7,7 +7,7 @@
 //! accumulates them (`((g₀ + g₁) + g₂) + …`), so every rank ends the step with the single
 //! process's gradients, bit for bit. Clipping, the optimizer and the manifold hook then run
 //! unchanged on every rank, which therefore hold identical adapters and optimizer states (checked
-//! by `check_fingerprint`). Gradients are flattened in module-path order ([`GradLayout`]),
+//! by a periodic fingerprint; see [`Mismatch`] for what a difference does). Gradients are flattened in module-path order ([`GradLayout`]),
 //! never in `ParamId` order: ids are random per process.
 //!
 //! The sum of two terms is commutative in IEEE arithmetic, so with `g·W = 2` one all-reduce of the
@@ -16,11 +16,11 @@
 //! slot on every rank, and each rank folds the slots in order: exact for any `W` and `g`, at
 //! `g·W/2` times the traffic of a plain all-reduce (adapters are small; see docs/distributed.md).
 
-use crate::checkpoint::{trainable_params, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::loss::BatchLoss;
 use crate::runstate::Resumed;
 use crate::trainer::{evaluate, Device, Objective};
-use crate::{TrainError, TrainStepper};
+use crate::TrainError;
 use balora_adapter::collect_params;
 use balora_collective::{Collective, CollectiveError};
 use balora_config::TrainerSection;
@@ -29,12 +29,15 @@ use burn::module::{AutodiffModule, Module, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod fingerprint;
+pub(crate) use fingerprint::check_fingerprint;
+pub use fingerprint::{fingerprint, Mismatch, ON_MISMATCH_ENV, PERTURB_ENV};
+
 /// The adapters and optimizer states of all ranks are compared every this many steps (and at the
-/// end of a run).
+/// end of a run); on a difference, [`Mismatch`] says what happens.
 pub const FINGERPRINT_EVERY: u64 = 10;
 
 /// Test hook: `BALORA_FUZZ_FAULT_EXIT=<rank>:<step>` makes that rank exit with status 1 at the start of
@@ -366,40 +369,6 @@ pub(crate) fn evaluate_world<B: AutodiffBackend, M: AutodiffModule<B>>(
     Ok((sum / count.max(1) as f64, acc))
 }
 
-/// SHA-256 of the trainable parameters and the optimizer state (names, shapes and bytes).
-pub fn fingerprint<B: AutodiffBackend, M: Module<B>>(
-    model: &M,
-    stepper: &mut TrainStepper<B>,
-) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let state = stepper.driver_mut().inner.state();
-    for (name, d) in trainable_params(model).iter().chain(state.iter()) {
-        h.update(name.as_bytes());
-        h.update(format!("{:?}", d.shape).as_bytes());
-        h.update(d.as_bytes());
-    }
-    h.finalize().into()
-}
-
-/// Compares every rank's [`fingerprint`] after `step`; a mismatch is an error naming the ranks
-/// that differ from rank 0.
-pub(crate) fn check_fingerprint<B: AutodiffBackend, M: Module<B>>(
-    c: &dyn Collective,
-    model: &M,
-    stepper: &mut TrainStepper<B>,
-    step: u64,
-) -> Result<(), TrainError> {
-    let all = c.all_gather_hash(fingerprint(model, stepper))?;
-    let differ: Vec<usize> = (1..all.len()).filter(|&r| all[r] != all[0]).collect();
-    if differ.is_empty() {
-        return Ok(());
-    }
-    Err(TrainError::Data(format!(
-        "distributed: after step {step} the adapters or optimizer state of rank(s) {differ:?} \
-         differ from rank 0's (the ranks no longer train the same model)"
-    )))
-}
-
 /// Where the ranks resume: rank 0 prepares the run folder (see `runstate::prepare`) and
 /// broadcasts the checkpoint folder it chose; the others load that same checkpoint.
 pub(crate) fn resume_point(
@@ -449,6 +418,9 @@ pub(crate) fn abort_on_error<T>(
                 c.rank(),
                 c.world_size()
             );
+            // MPI_Abort makes the launcher kill every rank at once, and Hydra drops what it had
+            // not forwarded yet: give it a moment to pass this message (and the peers' ones) on.
+            std::thread::sleep(std::time::Duration::from_millis(500));
             c.abort(1)
         }
         (_, r) => r,

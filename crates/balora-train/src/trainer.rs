@@ -141,6 +141,9 @@ pub struct RunOptions {
     /// The ranks of a data-parallel job (none, or one rank: a plain run); rank 0 alone writes
     /// metrics and checkpoints. See [`crate::distributed`] and docs/distributed.md.
     pub collective: Option<std::sync::Arc<dyn balora_collective::Collective>>,
+    /// What a data-parallel run does when the ranks' fingerprints differ (an error by default;
+    /// rank 0's state re-sent with a warning on GPU backends).
+    pub on_mismatch: dist::Mismatch,
 }
 
 /// What a run produced.
@@ -469,7 +472,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
         if let Some(c) = d.filter(|_| step % dist::FINGERPRINT_EVERY == 0 || step == end) {
-            dist::check_fingerprint(c, &model, stepper, step)?;
+            dist::check_fingerprint(c, &mut model, stepper, step, opts.on_mismatch, device)?;
         }
         if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
             || last

@@ -1,13 +1,15 @@
-//! `mpiexec -n N balora-collective-selftest [ok|exit|abort|error]`: runs every operation of the
-//! world collective and checks the results (`ok`), or makes rank 1 leave in the middle of a job
-//! while the others wait in an all-reduce: `exit` (exit status 1 without MPI_Finalize), `abort`
-//! (`Collective::abort(3)`). Used by tests/mpi.rs.
+//! `mpiexec -n N balora-collective-selftest [ok|exit|abort] [mpi|nccl]`: runs every operation of
+//! the world collective and checks the results (`ok`), or makes rank 1 leave in the middle of a
+//! job while the others wait in an all-reduce: `exit` (exit status 1 without MPI_Finalize),
+//! `abort` (`Collective::abort(3)`). `nccl` (feature `nccl`) reduces the f32 buffers with NCCL on
+//! each rank's CUDA device. Used by tests/mpi.rs and tools/gpu/ddp_check.sh.
 
-use balora_collective::world;
+use balora_collective::init_world;
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "ok".into());
-    let c = world().unwrap_or_else(|e| {
+    let nccl = std::env::args().nth(2).as_deref() == Some("nccl");
+    let c = init_world(nccl).unwrap_or_else(|e| {
         eprintln!("selftest: {e}");
         std::process::exit(2)
     });
@@ -37,6 +39,21 @@ fn main() {
     c.barrier().unwrap();
     let hashes = c.all_gather_hash([r as u8; 32]).unwrap();
     assert_eq!(hashes, (0..n).map(|k| [k as u8; 32]).collect::<Vec<_>>());
-    println!("selftest rank {r}/{n}: ok");
+    // A long buffer (several NCCL chunks), exact in f32: small integers.
+    let mut big: Vec<f32> = (0..1_000_003)
+        .map(|i| ((i % 1000) * (r + 1)) as f32)
+        .collect();
+    c.all_reduce_sum_f32(&mut big).unwrap();
+    let tri = (n * (n + 1) / 2) as f32;
+    assert!(big
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == (i % 1000) as f32 * tri));
+    println!(
+        "selftest rank {r}/{n} ({}, local rank {} of {}): ok",
+        c.name(),
+        c.local_rank(),
+        c.local_size()
+    );
     balora_collective::finalize();
 }

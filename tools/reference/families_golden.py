@@ -17,9 +17,9 @@ loader requires), and writes for two fixed token sequences (one longer than ever
   names, the fused ones included).
 
 Numbers are written as the shortest decimal that round-trips the f32 value; arrays are flat
-(row-major) with their shape. A GGUF of the Qwen3 model (written with gguf-py's `GGUFWriter`
-from the same tensors, llama.cpp's names, no q/k permutation: that is llama-arch only) goes to
-`qwen3/model.gguf`.
+(row-major) with their shape. GGUFs of the Qwen3 and Phi-3 models (written with gguf-py's
+`GGUFWriter` from the same tensors, llama.cpp's names and keys, no q/k permutation: that is
+llama-arch only) go to `qwen3/model.gguf` and `phi3/model.gguf`.
 
 Output: crates/balora-models/tests/fixtures/families/<family>/{config.json, model.safetensors,
 tokenizer.json, golden.json, adapter/}. The Rust tests (crates/balora-models/tests/families.rs)
@@ -111,21 +111,30 @@ def logits_of(m):
         return [arr(m(input_ids=torch.tensor([ids])).logits[0]) for ids in INPUTS]
 
 
-def write_gguf(model, cfg, path):
-    """The Qwen3 model as a GGUF, with gguf-py's own names for the qwen3 arch."""
+def write_gguf(name, model, cfg, path):
+    """The model as a GGUF with gguf-py's own names and keys for its arch (`qwen3`, `phi3`), as
+    llama.cpp's converter writes them: q/k rows as they are (NEOX RoPE, no permutation), Phi-3's
+    fused `qkv_proj` / `gate_up_proj` as `attn_qkv` / `ffn_up`, its rotary dimensions as
+    `rope.dimension_count` and its `sliding_window`."""
     import gguf
 
-    arch = gguf.MODEL_ARCH.QWEN3
+    arch = {"qwen3": gguf.MODEL_ARCH.QWEN3, "phi3": gguf.MODEL_ARCH.PHI3}[name]
     tmap = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
+    if name == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    else:
+        factor = cfg.rope_parameters.get("partial_rotary_factor", 1.0)
+        w.add_rope_dimension_count(int(factor * cfg.hidden_size) // cfg.num_attention_heads)
+        w.add_sliding_window(cfg.sliding_window)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     # A word-level-like BPE vocabulary; one merge (gguf-py does not write an empty list).
@@ -134,10 +143,10 @@ def write_gguf(model, cfg, path):
     w.add_token_list(tokens)
     w.add_token_merges(["t0 t1"])
     w.add_eos_token_id(2)
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+    for tname, t in model.state_dict().items():
+        if tname == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        new = tmap.get_name(tname, try_suffixes=(".weight", ".bias"))
         w.add_tensor(new, t.detach().float().contiguous().numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -164,8 +173,8 @@ def main():
         if os.path.exists(gen):
             os.remove(gen)
         golden = {"inputs": INPUTS, "base_logits": logits_of(model)}
-        if name == "qwen3":
-            write_gguf(model, cfg, os.path.join(out, "model.gguf"))
+        if name in ("qwen3", "phi3"):
+            write_gguf(name, model, cfg, os.path.join(out, "model.gguf"))
         pm = get_peft_model(model, lcfg).eval()
         with torch.no_grad():
             for n, p in pm.named_parameters():

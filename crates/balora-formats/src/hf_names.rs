@@ -14,7 +14,7 @@ const FIXED: [(&str, &str); 3] = [
 ];
 
 /// Per-layer modules: (GGUF `blk.N.<part>`, Hugging Face `model.layers.N.<module>`).
-const LAYER: [(&str, &str); 11] = [
+const LAYER: [(&str, &str); 12] = [
     ("attn_norm", "input_layernorm"),
     ("ffn_norm", "post_attention_layernorm"),
     ("attn_q", "self_attn.q_proj"),
@@ -27,6 +27,8 @@ const LAYER: [(&str, &str); 11] = [
     // Qwen3's per-head q/k norms.
     ("attn_q_norm", "self_attn.q_norm"),
     ("attn_k_norm", "self_attn.k_norm"),
+    // Phi-3's fused q/k/v (its fused gate/up is `ffn_up`: see [`LlamaHfView::new`]).
+    ("attn_qkv", "self_attn.qkv_proj"),
 ];
 
 /// Maps `name` through the table: `from` picks the side it is written in (0 GGUF, 1 HF).
@@ -54,13 +56,13 @@ pub fn llama_hf_to_gguf(name: &str) -> Option<String> {
     map_name(name, 1)
 }
 
-/// A Llama-family [`GgufFile`] (`general.architecture` `llama`, `mistral`, `qwen2` or `qwen3`)
-/// as a [`TensorSource`] with Hugging Face names (`model.layers.N.self_attn.q_proj.weight`,
+/// A Llama-family [`GgufFile`] (`general.architecture` `llama`, `mistral`, `qwen2`, `qwen3` or
+/// `phi3`) as a [`TensorSource`] with Hugging Face names (`model.layers.N.self_attn.q_proj.weight`,
 /// ...) and layouts: for `llama`/`mistral`, whose q/k rows llama.cpp's converter permutes for ggml's
 /// interleaved RoPE, `attn_q`/`attn_k` weights and biases are un-permuted
 /// ([`RawTensor::unpermute_llama_qk`]) as they are read, so the tensors equal the original HF
-/// checkpoint's (up to quantisation); `qwen2` and `qwen3` are stored in HF order (NEOX RoPE)
-/// and read as is.
+/// checkpoint's (up to quantisation); `qwen2`, `qwen3` and `phi3` are stored in HF order (NEOX
+/// RoPE) and read as is.
 /// With tied embeddings there is no `lm_head.weight`. A model loader reads GGUF and safetensors
 /// checkpoints with one name scheme and one layout, and nothing downstream knows llama.cpp's.
 pub struct LlamaHfView<'a> {
@@ -76,16 +78,16 @@ impl<'a> LlamaHfView<'a> {
     /// Llama set are left out.
     pub fn new(file: &'a GgufFile) -> Result<Self, FormatError> {
         let arch = file.architecture()?;
-        if !matches!(arch, "llama" | "mistral" | "qwen2" | "qwen3") {
+        if !matches!(arch, "llama" | "mistral" | "qwen2" | "qwen3" | "phi3") {
             return Err(FormatError::Invalid {
                 path: file.path().to_path_buf(),
                 what: "metadata `general.architecture`".into(),
                 msg: format!(
-                    "{arch:?}: Hugging Face names are only mapped for \"llama\", \"mistral\", \"qwen2\", \"qwen3\""
+                    "{arch:?}: Hugging Face names are only mapped for \"llama\", \"mistral\", \"qwen2\", \"qwen3\", \"phi3\""
                 ),
             });
         }
-        let permuted = if matches!(arch, "qwen2" | "qwen3") {
+        let permuted = if matches!(arch, "qwen2" | "qwen3" | "phi3") {
             None
         } else {
             let n_head = file.arch_u32("attention.head_count")? as usize;
@@ -95,10 +97,16 @@ impl<'a> LlamaHfView<'a> {
             };
             Some((n_head, n_head_kv))
         };
+        // Phi-3 keeps gate and up fused in `ffn_up` (rows gate, up): HF's `gate_up_proj`.
+        let fused_up = arch == "phi3";
         let names = file
             .tensor_infos()
             .iter()
             .filter_map(|t| llama_gguf_to_hf(&t.name).map(|hf| (hf, t.name.clone())))
+            .map(|(hf, g)| match fused_up {
+                true => (hf.replace(".mlp.up_proj.", ".mlp.gate_up_proj."), g),
+                false => (hf, g),
+            })
             .collect();
         Ok(Self {
             file,

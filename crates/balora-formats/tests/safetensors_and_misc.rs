@@ -259,6 +259,19 @@ fn llama_names_map_to_hugging_face() {
             "blk.29.ffn_down.weight",
             "model.layers.29.mlp.down_proj.weight",
         ),
+        // Qwen3's q/k norms, Phi-3's fused q/k/v.
+        (
+            "blk.1.attn_q_norm.weight",
+            "model.layers.1.self_attn.q_norm.weight",
+        ),
+        (
+            "blk.1.attn_k_norm.weight",
+            "model.layers.1.self_attn.k_norm.weight",
+        ),
+        (
+            "blk.2.attn_qkv.weight",
+            "model.layers.2.self_attn.qkv_proj.weight",
+        ),
     ];
     for (g, h) in cases {
         assert_eq!(llama_gguf_to_hf(g).as_deref(), Some(h), "{g}");
@@ -269,7 +282,7 @@ fn llama_names_map_to_hugging_face() {
     for g in [
         "rope_freqs.weight",
         "blk.x.attn_q.weight",
-        "blk.0.attn_qkv.weight",
+        "blk.0.ssm_in.weight",
     ] {
         assert_eq!(llama_gguf_to_hf(g), None, "{g}");
     }

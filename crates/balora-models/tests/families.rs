@@ -284,3 +284,24 @@ fn qwen3_gguf_loads_like_the_hf_folder() {
     let (m, _) = load_adapter(gguf, &root("qwen3").join("adapter"), &dev).unwrap();
     check_logits("qwen3 gguf", &merge_all(m), &g, "merged_logits");
 }
+
+/// A Phi-3 GGUF (llama.cpp's `phi3` names: fused `attn_qkv`, fused gate/up in `ffn_up`,
+/// `rope.dimension_count` = the rotary part of a head, `attention.sliding_window`) loads to the
+/// Hugging Face folder's tensors and transformers' logits, and takes the PEFT adapter on the
+/// fused layers.
+#[test]
+fn phi3_gguf_loads_like_the_hf_folder() {
+    let g = golden("phi3");
+    let dev = Default::default();
+    let gguf = load_causal_lm::<B>(&root("phi3").join("model.gguf"), &dev)
+        .unwrap()
+        .model;
+    assert_eq!(
+        llama_hf_tensors(&gguf),
+        llama_hf_tensors(&lm("phi3")),
+        "tensors"
+    );
+    check_logits("phi3 gguf", &gguf, &g, "base_logits");
+    let (m, _) = load_adapter(gguf, &root("phi3").join("adapter"), &dev).unwrap();
+    check_logits("phi3 gguf", &merge_all(m), &g, "merged_logits");
+}

@@ -142,11 +142,14 @@ impl LlamaConfig {
         tied: bool,
         origin: &str,
     ) -> Result<Self, ModelError> {
-        if !matches!(arch, "llama" | "mistral" | "qwen2" | "qwen3") {
+        if !matches!(arch, "llama" | "mistral" | "qwen2" | "qwen3" | "phi3") {
             return Err(ModelError::config(
                 origin,
                 "general.architecture",
-                format!("`{arch}` is not a GGUF architecture balora reads (llama, mistral, qwen2, qwen3)"),
+                format!(
+                    "`{arch}` is not a GGUF architecture balora reads \
+                     (llama, mistral, qwen2, qwen3, phi3)"
+                ),
             ));
         }
         let req = |k: &str| -> Result<f64, ModelError> {
@@ -158,16 +161,33 @@ impl LlamaConfig {
         let kv = num(&format!("{arch}.attention.head_count_kv"))
             .map(|x| x as usize)
             .unwrap_or(heads);
-        // Qwen3's head_dim is not hidden / heads: llama.cpp writes it as the key length.
+        // Qwen3's head_dim is not hidden / heads: llama.cpp writes it as the key length. Phi-3's
+        // `rope.dimension_count` is its rotary part of a head (partial_rotary_factor).
+        let rope_dims = num(&format!("{arch}.rope.dimension_count")).map(|x| x as usize);
         let head_dim = num(&format!("{arch}.attention.key_length"))
-            .or_else(|| num(&format!("{arch}.rope.dimension_count")))
             .map(|x| x as usize)
+            .or(if arch == "phi3" { None } else { rope_dims })
             .unwrap_or(hidden / heads.max(1));
+        let layers = req("block_count")? as usize;
+        let window = num(&format!("{arch}.attention.sliding_window")).map(|x| x as usize);
+        let family = Family {
+            qk_norm: arch == "qwen3",
+            fused_proj: arch == "phi3",
+            rotary_dim: rope_dims.filter(|&r| arch == "phi3" && r != head_dim),
+            // Phi-3's window applies to every layer (llama.cpp and transformers alike).
+            sliding_window: window.filter(|_| arch == "phi3"),
+            sliding_layers: match window {
+                Some(_) if arch == "phi3" => vec![true; layers],
+                _ => Vec::new(),
+            },
+            ..Family::default()
+        };
+        family.check(layers, head_dim, origin)?;
         let cfg = Self {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: req("feed_forward_length")? as usize,
-            num_layers: req("block_count")? as usize,
+            num_layers: layers,
             num_heads: heads,
             num_kv_heads: kv,
             head_dim,
@@ -177,10 +197,7 @@ impl LlamaConfig {
             max_position: num(&format!("{arch}.context_length")).unwrap_or(4096.0) as usize,
             tie_word_embeddings: tied,
             qkv_bias: arch == "qwen2",
-            family: Family {
-                qk_norm: arch == "qwen3",
-                ..Family::default()
-            },
+            family,
         };
         cfg.validate(origin, &|k| crate::validate::gguf_key(arch, k))?;
         Ok(cfg)

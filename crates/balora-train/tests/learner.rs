@@ -16,7 +16,8 @@ use burn::data::dataset::InMemDataset;
 use burn::lr_scheduler::cosine::{CosineAnnealingLrScheduler, CosineAnnealingLrSchedulerConfig};
 use burn::lr_scheduler::LrScheduler;
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
+use burn::prelude::DeviceOps;
 use burn::record::{
     BinBytesRecorder, FullPrecisionSettings, HalfPrecisionSettings, NamedMpkFileRecorder, Recorder,
 };
@@ -286,4 +287,59 @@ fn the_learner_resumes_from_its_checkpoint_bit_exactly() {
     let again: Vec<u32> = resumed_steps.iter().map(|s| s.1.to_bits()).collect();
     assert_eq!(again, third, "epoch 3's losses");
     assert_bit_equal("Learner resumed", &resumed, &uninterrupted);
+}
+
+/// burn's multi-device entry point on one device: the gradients pass through
+/// `MultiGradientsParams` and the step is the same, bit for bit.
+#[test]
+fn step_multi_on_one_device_is_step() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dev: burn::tensor::Device<B> = Default::default();
+    let model = LearnerLm::<B>::new(3, StepLog::default(), &dev);
+    let (mut single, mut multi) = (optimizer(), optimizer());
+    let (mut a, mut b) = (model.clone(), model);
+    for batch in batches().iter().take(3) {
+        let loss = a.loss(batch);
+        let grads = GradientsParams::from_grads(loss.backward(), &a);
+        a = Optimizer::step(&mut single, 1e-2, a, grads);
+        let loss = b.loss(batch);
+        let grads = GradientsParams::from_grads(loss.backward(), &b);
+        let grads = MultiGradientsParams {
+            grads: vec![(grads, dev.to_id())],
+        };
+        b = Optimizer::step_multi(&mut multi, 1e-2, b, grads);
+    }
+    assert_eq!(multi.steps(), 3);
+    assert_bit_equal("step_multi", &trainable_params(&b), &trainable_params(&a));
+}
+
+/// A diverged step (NaN gradients → non-finite factors) is the hook's error from `try_step`, and
+/// a panic naming the optimizer and the step from burn's `step`.
+#[test]
+fn a_diverged_step_is_an_error_or_a_clear_panic() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Default::default();
+    let model = LearnerLm::<B>::new(4, StepLog::default(), &dev);
+    let batch = &batches()[0];
+    let nan_grads = |m: &LearnerLm<B>| {
+        GradientsParams::from_grads(m.loss(batch).mul_scalar(f32::NAN).backward(), m)
+    };
+    let err = optimizer()
+        .try_step(1e-2, model.clone(), nan_grads(&model))
+        .expect_err("NaN factors are refused")
+        .to_string();
+    assert!(err.contains("manifold hook at step 1"), "{err}");
+
+    let mut optim = optimizer();
+    let grads = nan_grads(&model);
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Optimizer::step(&mut optim, 1e-2, model, grads)
+    }))
+    .expect_err("burn's step panics");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("balora optimizer `adamw + balanced")
+            && message.contains("manifold hook at step 1"),
+        "{message}"
+    );
 }

@@ -182,15 +182,17 @@ pub(super) fn build<B: Backend>(
             sliding: fam.is_sliding(l),
         });
     }
-    let model = LlamaModel {
-        embed_tokens: parts.embedding("model.embed_tokens.weight", cfg.vocab_size, d)?,
-        layers,
-        norm: parts.norm("model.norm.weight", d)?,
-    };
+    // Embedding, head, final norm: the order `random` has always drawn them in.
+    let embed_tokens = parts.embedding("model.embed_tokens.weight", cfg.vocab_size, d)?;
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
         Some(parts.linear("lm_head", d, cfg.vocab_size, false)?)
+    };
+    let model = LlamaModel {
+        embed_tokens,
+        layers,
+        norm: parts.norm("model.norm.weight", d)?,
     };
     Ok((model, lm_head))
 }

@@ -10,16 +10,17 @@ use nalgebra::DMatrix;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
 use common::{balora, generate_capital_of_france};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("balora-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder, removed when the returned guard is dropped (also when the test fails).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("balora-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn f32_bytes(m: &DMatrix<f64>) -> Vec<u8> {
@@ -96,14 +97,16 @@ fn write_adapter(dir: &Path) -> Vec<(DMatrix<f64>, DMatrix<f64>)> {
 
 #[test]
 fn balance_keeps_products_and_balances_each_pair() {
-    let dir = tmp("balance-in");
-    let out = tmp("balance-out");
-    let pairs = write_adapter(&dir);
+    let dir_tmp = tmp("balance-in");
+    let dir = dir_tmp.path();
+    let out_tmp = tmp("balance-out");
+    let out = out_tmp.path();
+    let pairs = write_adapter(dir);
     for gauge in ["closest", "canonical"] {
         let o = balora()
             .arg("balance")
-            .arg(&dir)
-            .arg(&out)
+            .arg(dir)
+            .arg(out)
             .args(["--gauge", gauge])
             .output()
             .unwrap();
@@ -142,15 +145,17 @@ fn merge_writes_w0_plus_scaled_product_in_hf_layout() {
     let Some(minilm) = balora_assets::for_test("minilm") else {
         return;
     };
-    let dir = tmp("merge-in");
-    let out = tmp("merge-out").join("merged.safetensors");
-    let pairs = write_adapter(&dir);
+    let dir_tmp = tmp("merge-in");
+    let dir = dir_tmp.path();
+    let out_tmp = tmp("merge-out");
+    let out = out_tmp.path().join("merged.safetensors");
+    let pairs = write_adapter(dir);
     let o = balora()
         .arg("merge")
         .arg("--base")
         .arg(&minilm)
         .arg("--adapter")
-        .arg(&dir)
+        .arg(dir)
         .arg("--out")
         .arg(&out)
         .output()

@@ -21,7 +21,12 @@ fn missing_backend_is_one_clear_error() {
     .filter(|(_, compiled)| !compiled)
     .map(|(name, _)| name)
     .collect();
-    let out_dir = std::env::temp_dir().join(format!("balora-backend-test-{}", std::process::id()));
+    // Inside a fresh folder that is removed at the end: the command must not create `out_dir`.
+    let parent = tempfile::Builder::new()
+        .prefix("balora-backend-test-")
+        .tempdir()
+        .unwrap();
+    let out_dir = parent.path().join("out");
     for name in missing {
         let out = balora(&[
             "synthetic",

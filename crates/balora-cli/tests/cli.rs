@@ -22,8 +22,11 @@ fn f32_bytes(m: &DMatrix<f64>) -> Vec<u8> {
 #[test]
 fn inspect_reports_singular_values_of_each_pair() {
     let mut rng = StdRng::seed_from_u64(3);
-    let dir = std::env::temp_dir().join(format!("balora-inspect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir_tmp = tempfile::Builder::new()
+        .prefix("balora-inspect-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_tmp.path();
     let (a, b) = (rand_mat(&mut rng, 4, 12), rand_mat(&mut rng, 10, 4));
     let (ab, bb) = (f32_bytes(&a), f32_bytes(&b));
     let key = "base_model.model.model.layers.0.self_attn.q_proj";
@@ -77,7 +80,6 @@ fn inspect_reports_singular_values_of_each_pair() {
     let out = balora().arg("inspect").arg(&bad).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.safetensors"));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -111,7 +113,11 @@ fn synthetic_rejects_unknown_keys_and_bad_values() {
 
 #[test]
 fn synthetic_small_run_writes_outputs() {
-    let dir = std::env::temp_dir().join(format!("balora-syn-{}", std::process::id()));
+    let dir_tmp = tempfile::Builder::new()
+        .prefix("balora-syn-")
+        .tempdir()
+        .unwrap();
+    let dir = dir_tmp.path().join("out");
     let out = balora()
         .args([
             "synthetic",
@@ -181,5 +187,4 @@ fn synthetic_small_run_writes_outputs() {
         problems[0]["trajectories"][0]["w0"], problems[1]["trajectories"][0]["w0"],
         "one problem per seed"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

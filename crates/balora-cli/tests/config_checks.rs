@@ -48,7 +48,12 @@ fn config_show_out_sets_the_output_dir() {
 
 #[test]
 fn compare_rejects_a_bad_grid_before_loading_anything() {
-    let dir = std::env::temp_dir().join(format!("balora-cmp-{}", std::process::id()));
+    // Inside a fresh folder that is removed at the end: the command must not create `dir`.
+    let parent = tempfile::Builder::new()
+        .prefix("balora-cmp-")
+        .tempdir()
+        .unwrap();
+    let dir = parent.path().join("out");
     for (flag, value, named) in [
         ("--init-stds", "0", "--init-stds"),
         ("--init-stds", "0.01,-1", "--init-stds"),

@@ -20,11 +20,12 @@ fn fixture(family: &str) -> PathBuf {
         .join(family)
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("balora-merge-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder, removed when the returned guard is dropped (also when the test fails).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("balora-merge-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -95,7 +96,8 @@ fn assert_peft_merge(family: &str, out: &Path) -> Vec<String> {
 
 #[test]
 fn merges_real_peft_adapters_bit_for_bit() {
-    let d = tmp("peft");
+    let d_tmp = tmp("peft");
+    let d = d_tmp.path();
     for family in ["llama", "qwen2"] {
         let out = d.join(format!("{family}.safetensors"));
         let f = fixture(family);
@@ -120,7 +122,8 @@ fn merges_real_peft_adapters_bit_for_bit() {
 fn merges_a_classifier_adapter_written_by_balora() {
     type B = burn::backend::NdArray;
     let dev = Default::default();
-    let d = tmp("balora-cls");
+    let d_tmp = tmp("balora-cls");
+    let d = d_tmp.path();
     let base = fixture("bert").join("base");
     let (bert, _, _) = balora_models::load::load_bert_hf_dir::<B>(&base, &dev).unwrap();
     let m = BertForSequenceClassification::new(bert, 2, Pooling::Cls, &dev);
@@ -196,7 +199,8 @@ fn merges_a_classifier_adapter_written_by_balora() {
 
 #[test]
 fn out_may_not_be_an_input_even_through_a_link() {
-    let d = tmp("inputs");
+    let d_tmp = tmp("inputs");
+    let d = d_tmp.path();
     let (base, adapter) = (d.join("base"), d.join("adapter"));
     copy_dir(&fixture("llama").join("base"), &base);
     copy_dir(&fixture("llama").join("adapter"), &adapter);
@@ -239,7 +243,8 @@ fn out_may_not_be_an_input_even_through_a_link() {
 
 #[test]
 fn existing_output_needs_force_and_is_replaced_atomically() {
-    let d = tmp("force");
+    let d_tmp = tmp("force");
+    let d = d_tmp.path();
     let f = fixture("llama");
     let out = d.join("merged.safetensors");
     std::fs::write(&out, b"keep me").unwrap();
@@ -255,20 +260,21 @@ fn existing_output_needs_force_and_is_replaced_atomically() {
         &["--force"],
     ));
     assert_peft_merge("llama", &out);
-    let left: Vec<_> = std::fs::read_dir(&d)
+    let left: Vec<_> = std::fs::read_dir(d)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left.len(), 1, "temporary files left behind: {left:?}");
     fails_with(
-        &merge(&f.join("base"), &f.join("adapter"), &d, &["--force"]),
+        &merge(&f.join("base"), &f.join("adapter"), d, &["--force"]),
         &["folder"],
     );
 }
 
 #[test]
 fn non_finite_merges_name_the_module_and_write_nothing() {
-    let d = tmp("finite");
+    let d_tmp = tmp("finite");
+    let d = d_tmp.path();
     let f = fixture("llama");
     // lora_alpha = 1e308: s·B·A overflows f32.
     let huge = d.join("huge");
@@ -321,7 +327,8 @@ fn non_finite_merges_name_the_module_and_write_nothing() {
 #[test]
 fn balance_and_generate_accept_a_peft_0_21_adapter() {
     let f = fixture("llama");
-    let d = tmp("peft021");
+    let d_tmp = tmp("peft021");
+    let d = d_tmp.path();
     let o = Command::new(env!("CARGO_BIN_EXE_balora"))
         .arg("balance")
         .arg(f.join("adapter"))
@@ -373,7 +380,8 @@ fn merges_what_the_classify_job_trains() {
     let Some(minilm) = balora_assets::for_test("minilm") else {
         return;
     };
-    let d = tmp("classify");
+    let d_tmp = tmp("classify");
+    let d = d_tmp.path();
     let data: String = (0..24)
         .map(|i| {
             let text = if i % 2 == 0 {

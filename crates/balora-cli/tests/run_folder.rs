@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 /// folder `out` (`<dir>/run`, not created) and the SmolLM2 asset `gguf`, as
 /// `(gguf, dir, data, out)`; `None` when the asset is absent and not required
 /// (`balora_assets::for_test`: a failure under `BALORA_REQUIRE_ASSETS=1`).
-fn setup(name: &str) -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+fn setup(name: &str) -> Option<(PathBuf, Scratch, PathBuf, PathBuf)> {
     let gguf = balora_assets::for_test("smollm2")?;
     let dir = scratch(name);
     let data = corpus(&dir);

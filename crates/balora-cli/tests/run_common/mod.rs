@@ -19,12 +19,37 @@ pub fn balora() -> Command {
     c
 }
 
-/// A fresh scratch folder for `name`.
-pub fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("balora-runs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh scratch folder, removed with everything in it when dropped (also when the test
+/// fails); used as a `Path` (`dir.join(…)`, `&dir`).
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// A fresh scratch folder for `name` (`balora-runs-<name>-…` in the temporary directory).
+pub fn scratch(name: &str) -> Scratch {
+    Scratch(
+        tempfile::Builder::new()
+            .prefix(&format!("balora-runs-{name}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// A small text corpus in `dir` (outside any run folder).

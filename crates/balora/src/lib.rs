@@ -10,7 +10,7 @@
 //! | [`adapter`] | [`LoraConfig`](adapter::LoraConfig) (the one adapter configuration), [`LoraLinear`](adapter::LoraLinear), adapter discovery in any burn module, the manifold hook |
 //! | [`manifold`] | the [`Manifold`](manifold::Manifold) trait (host f64 gauge math), `balanced` (BaLoRA), registration and lookup by name, plugin [`Options`](manifold::Options) |
 //! | [`optim`] | the [`AdapterOptimizer`](optim::AdapterOptimizer) trait, built-in adamw/sgd/sign, element-wise rules, moment transport, registration and lookup by name |
-//! | [`train`] | [`TrainStepper`](train::TrainStepper) (optimizer step → manifold hook → state transport), the trainer [`train`](train::train), checkpoints |
+//! | [`train`] | [`TrainStepper`](train::TrainStepper) (optimizer step → manifold hook → state transport), [`BurnOptimizer`](train::BurnOptimizer) (the same as a burn `Optimizer`), the trainer [`train`](train::train), checkpoints |
 //! | [`config`] | the layered TOML job configuration the trainer reads |
 //! | [`data`] | datasets, tokenisation and batching for the trainer |
 //! | [`models`] | Llama-family and BERT models, loading from GGUF or Hugging Face folders, surgery (adapters on target layers), merge |
@@ -137,14 +137,15 @@ pub mod optim {
 }
 
 /// Training: one step ([`TrainStepper`](train::TrainStepper): optimizer → manifold hook →
-/// moment transport), the trainer loop over a dataset with evaluation, schedules and checkpoints,
-/// and the losses it uses.
+/// moment transport), the same behind burn's `Optimizer` trait
+/// ([`BurnOptimizer`](train::BurnOptimizer), for burn-train's `Learner` or any burn loop), the
+/// trainer loop over a dataset with evaluation, schedules and checkpoints, and the losses it uses.
 pub mod train {
     pub use balora_train::checkpoint::{Checkpoint, CheckpointError};
     pub use balora_train::loss::{causal_lm_loss, classification_loss};
     pub use balora_train::{
-        clip_grad_norm, evaluate, train, LrSchedule, MetricRecord, Objective, RunOptions,
-        StepReport, TrainError, TrainOutcome, TrainStepper,
+        clip_grad_norm, evaluate, train, BurnOptimizer, BurnOptimizerRecord, LrSchedule,
+        MetricRecord, Objective, RunOptions, StepReport, TrainError, TrainOutcome, TrainStepper,
     };
 }
 

@@ -95,6 +95,26 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Whether this process runs as root and `apt-get` is available: [`apt_install`] can work.
+pub fn can_apt_install() -> bool {
+    capture("id", &["-u"]).as_deref() == Some("0") && crate::vulkan::on_path("apt-get")
+}
+
+/// `apt-get update`, then `apt-get install` of `packages` without recommends, non-interactively
+/// (as root: see [`can_apt_install`]); each command is shown and a failure names it.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["update", "-qq"]))?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(packages);
+    run(&mut install)
+}
+
+/// The trimmed stdout of `program args`, `None` when it cannot start or fails.
 pub fn capture(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     out.status

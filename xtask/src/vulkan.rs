@@ -4,10 +4,9 @@
 //!
 //! macOS (Metal) and Windows (DX12) need no Vulkan driver for wgpu: there this is a no-op.
 
-use crate::util::{capture, run};
+use crate::util::{apt_install, capture};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The Debian/Ubuntu packages of Mesa's Vulkan drivers (lavapipe included) and the loader.
 pub const APT_PACKAGES: [&str; 2] = ["mesa-vulkan-drivers", "libvulkan1"];
@@ -162,15 +161,7 @@ pub fn ensure_driver() -> Result<()> {
                 "No Vulkan driver for the wgpu checks: installing {} (Mesa; lavapipe runs Vulkan on the CPU).",
                 APT_PACKAGES.join(" ")
             );
-            let apt = |args: &[&str]| {
-                let mut c = Command::new("apt-get");
-                c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-                c
-            };
-            run(&mut apt(&["update", "-qq"]))?;
-            let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
-            install.args(APT_PACKAGES);
-            run(&mut install)?;
+            apt_install(&APT_PACKAGES)?;
             if icd_manifests(&dirs).is_empty() || !loader_present() {
                 bail!(
                     "installed {} but still found no Vulkan driver in {}",

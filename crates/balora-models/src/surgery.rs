@@ -57,6 +57,16 @@ pub fn attach<B: Backend, M: AdapterHost<B>>(
     spec.validate().map_err(config_err)?;
     crate::validate::check_adapter_ranks(&model, spec)?;
     let save = spec.modules_to_save.clone();
+    if let Some((i, _)) = model
+        .linears()
+        .into_iter()
+        .find(|(i, l)| l.quant.is_some() && name_matches(&i.path, &save))
+    {
+        return Err(ModelError::Targets(format!(
+            "modules_to_save: `{}` is held as quantization blocks (model.dtype); a fully trained layer needs model.dtype = \"f32\"",
+            i.path
+        )));
+    }
     let infos: Vec<LinearInfo> = model.linears().into_iter().map(|(i, _)| i).collect();
     let mut plan: Vec<Option<LayerLora>> = Vec::with_capacity(infos.len());
     let mut saved_hits = vec![false; save.len()];
@@ -127,6 +137,8 @@ pub fn summary<B: Backend, M: AdapterHost<B>>(
         ..Default::default()
     };
     for (info, l) in model.linears() {
+        // A base held as blocks is outside the module's parameters.
+        s.total += l.quant.as_ref().map_or(0, |q| q.rows() * q.cols());
         if let Some(a) = &l.adapter {
             s.adapters += 1;
             s.trainable += a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements();

@@ -275,3 +275,20 @@ fn a_dtype_the_backend_or_the_file_cannot_hold_is_an_error_naming_the_field() {
     let e = msg(load_causal_lm_as::<Flex>(&gguf, BaseDtype::Q8_0, &Default::default()).map(|_| ()));
     assert!(e.contains("model.dtype") && e.contains("q_proj"), "{e}");
 }
+
+#[test]
+fn the_summary_counts_held_blocks_and_modules_to_save_needs_an_f32_base() {
+    let (cfg, w) = tiny();
+    let dev = Default::default();
+    let f = LlamaForCausalLm::<Flex>::load(&cfg, &w, &dev).unwrap();
+    let q = LlamaForCausalLm::<Flex>::load(&cfg, &Quantizing::new(&w, BaseDtype::Q8_0, None), &dev)
+        .unwrap();
+    let spec = LoraConfig::new(4, 8.0, ModuleSelector::List(vec!["q_proj".into()])).unwrap();
+    let (_, sf) = attach(f, &spec, &dev).unwrap();
+    let (_, sq) = attach(q.clone(), &spec, &dev).unwrap();
+    assert_eq!((sq.total, sq.trainable), (sf.total, sf.trainable));
+    let mut save = spec.clone();
+    save.modules_to_save = vec!["o_proj".into()];
+    let e = attach(q, &save, &dev).unwrap_err().to_string();
+    assert!(e.contains("model.dtype") && e.contains("o_proj"), "{e}");
+}

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use balora_config::{JobConfig, ModelFamily};
 use balora_data::{load_dataset, Dataset, Encoder, ModelLimits};
 use balora_models::peft::{save_adapter, AdapterMeta};
-use balora_models::surgery::{attach, summary};
+use balora_models::surgery::attach;
 use balora_models::{BertForSequenceClassification, LlamaForCausalLm, Pooling};
 use balora_optim::RegistryBackend;
 use balora_train::{train, Objective, RunOptions, TrainOutcome, TrainStepper};
@@ -247,57 +247,73 @@ where
         collective: Some(balora_collective::world()?),
         on_mismatch: crate::ranks::on_mismatch(backend_of(cfg.backend)),
     };
-    // In a data-parallel job rank 0 alone writes the adapter.
-    let writer = balora_collective::world()?.rank() == 0;
+    let fit = Fit {
+        cfg,
+        spec: &spec,
+        data,
+        opts: &opts,
+        adapter_dir: out.join("adapter"),
+        // In a data-parallel job rank 0 alone writes the adapter.
+        writer: balora_collective::world()?.rank() == 0,
+        device,
+    };
     B::seed(device, cfg.trainer.seed);
-    let meta = |task: &str| AdapterMeta {
-        task_type: Some(task.into()),
-        base_model_name_or_path: cfg
-            .model
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .or_else(|| cfg.model.asset.clone()),
-    };
-    let adapter_dir = out.join("adapter");
-    let outcome = match base {
-        Base::Llama(m) => {
-            let (model, s) = attach(m.clone(), &spec, device)?;
-            tracing::info!("{s}");
-            let o = train(
-                model,
-                &mut stepper,
-                data,
-                &cfg.trainer,
-                &opts,
-                &Objective::causal(),
-                device,
-            )?;
-            if o.interrupted.is_none() && writer {
-                save_adapter_atomic(&o.model, &spec, &meta("CAUSAL_LM"), &adapter_dir)?;
-            }
-            strip(o)
+    match base {
+        Base::Llama(m) => fit.run(m.clone(), &mut stepper, &Objective::causal(), "CAUSAL_LM"),
+        Base::Bert(m) => fit.run(m.clone(), &mut stepper, &Objective::classifier(), "SEQ_CLS"),
+    }
+}
+
+/// What [`run_method`] trains with, whatever the model family.
+struct Fit<'a, B: AutodiffBackend> {
+    cfg: &'a JobConfig,
+    spec: &'a balora_config::LoraConfig,
+    data: &'a Dataset,
+    opts: &'a RunOptions,
+    adapter_dir: PathBuf,
+    writer: bool,
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> Fit<'_, B> {
+    /// Attaches the adapters to `base`, trains it for `objective` and, unless the run was
+    /// interrupted, writes the PEFT adapter (PEFT `task_type` `task`) when this process writes.
+    fn run<M>(
+        &self,
+        base: M,
+        stepper: &mut TrainStepper<B>,
+        objective: &Objective<B, M>,
+        task: &str,
+    ) -> Result<TrainOutcome<()>>
+    where
+        M: balora_models::AdapterHost<B> + burn::module::AutodiffModule<B>,
+    {
+        let (model, s) = attach(base, self.spec, self.device)?;
+        tracing::info!("{s}");
+        let cfg = self.cfg;
+        let o = train(
+            model,
+            stepper,
+            self.data,
+            &cfg.trainer,
+            self.opts,
+            objective,
+            self.device,
+        )?;
+        if o.interrupted.is_none() && self.writer {
+            let meta = AdapterMeta {
+                task_type: Some(task.into()),
+                base_model_name_or_path: cfg
+                    .model
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .or_else(|| cfg.model.asset.clone()),
+            };
+            save_adapter_atomic(&o.model, self.spec, &meta, &self.adapter_dir)?;
         }
-        Base::Bert(m) => {
-            let (model, s) = attach(m.clone(), &spec, device)?;
-            let _ = summary(&model, &cfg.adapter.modules_to_save);
-            tracing::info!("{s}");
-            let o = train(
-                model,
-                &mut stepper,
-                data,
-                &cfg.trainer,
-                &opts,
-                &Objective::classifier(),
-                device,
-            )?;
-            if o.interrupted.is_none() && writer {
-                save_adapter_atomic(&o.model, &spec, &meta("SEQ_CLS"), &adapter_dir)?;
-            }
-            strip(o)
-        }
-    };
-    Ok(outcome)
+        Ok(strip(o))
+    }
 }
 
 fn strip<M>(o: TrainOutcome<M>) -> TrainOutcome<()> {

@@ -44,16 +44,22 @@ prepare() {
         --bin balora-collective-selftest
     rm -rf "$G" && mkdir -p "$G/bin" "$G/lib"
     cp target/release/balora target/release/balora-collective-selftest "$G/bin/"
+    strip "$G/bin/balora" "$G/bin/balora-collective-selftest"
     cp "$(readlink -f "$(command -v mpiexec)")" "$G/bin/mpiexec"
     cp "$(command -v hydra_pmi_proxy)" "$G/bin/"
     # Every shared library they link, except the C library's own (the image has a newer glibc).
     for f in "$G"/bin/*; do
         ldd "$f" | awk '/=> \//{print $3}'
-    done | sort -u | grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
+    done | sort -u | grep -Ev '/(libc|libm|libpthread|libdl|librt|libresolv|ld-linux[^/]*)\.so' |
         xargs -I{} cp -L {} "$G/lib/"
     # UCX loads its transports as modules at run time.
     cp -r /usr/lib/x86_64-linux-gnu/ucx "$G/lib/ucx"
     du -sh "$G"
+    # The device tool carries at most 64 MiB (the working tree included).
+    if [ "$(du -sm "$G" | cut -f1)" -gt 56 ]; then
+        echo "$G is over 56 MiB: too large to carry" >&2
+        exit 1
+    fi
     echo "prepared $G; now: run(command=\"bash tools/gpu/ddp_check.sh run\", carry=[\".gpu\"])"
 }
 

@@ -29,6 +29,21 @@ pub struct TinyLlama {
     pub tied: bool,
 }
 
+/// The tiny Llama the tests use (2 layers, 6 query / 2 key-value heads of size 4, vocabulary 40).
+pub fn tiny(qkv_bias: bool, tied: bool) -> TinyLlama {
+    TinyLlama {
+        vocab: 40,
+        d: 24,
+        ff: 40,
+        layers: 2,
+        nh: 6,
+        nkv: 2,
+        hd: 4,
+        qkv_bias,
+        tied,
+    }
+}
+
 impl TinyLlama {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({

@@ -16,20 +16,6 @@ use common::*;
 
 type B = NdArray;
 
-fn tiny(qkv_bias: bool, tied: bool) -> TinyLlama {
-    TinyLlama {
-        vocab: 40,
-        d: 24,
-        ff: 40,
-        layers: 2,
-        nh: 6,
-        nkv: 2,
-        hd: 4,
-        qkv_bias,
-        tied,
-    }
-}
-
 fn ids(v: &[usize]) -> Tensor<B, 2, Int> {
     let d = Default::default();
     Tensor::from_data(

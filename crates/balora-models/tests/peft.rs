@@ -14,22 +14,8 @@ use std::path::{Path, PathBuf};
 
 type B = NdArray;
 
-fn tiny() -> TinyLlama {
-    TinyLlama {
-        vocab: 40,
-        d: 24,
-        ff: 40,
-        layers: 2,
-        nh: 6,
-        nkv: 2,
-        hd: 4,
-        qkv_bias: false,
-        tied: false,
-    }
-}
-
 fn model() -> LlamaForCausalLm<B> {
-    let t = tiny();
+    let t = tiny(false, false);
     let cfg = LlamaConfig::from_hf_json(&t.json(), "config.json").unwrap();
     LlamaForCausalLm::load(&cfg, &t.weights(4), &Default::default()).unwrap()
 }
@@ -291,7 +277,7 @@ fn target_selection_like_peft() {
 
 #[test]
 fn trainable_summary_counts_by_hand() {
-    let t = tiny();
+    let t = tiny(false, false);
     let mut spec = LoraConfig::new(
         2,
         4.0,

@@ -82,14 +82,6 @@ fn classifier(family: &str) -> BertForSequenceClassification<B> {
     BertForSequenceClassification::new(bert, 3, Pooling::Cls, &dev)
 }
 
-/// A fresh folder, removed when the returned guard is dropped (also when the test fails).
-fn tmp(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("balora-peft-real-{name}-"))
-        .tempdir()
-        .unwrap()
-}
-
 #[test]
 fn configs_written_by_peft_0_21_parse_with_their_values() {
     let cfg = |f: &str| {
@@ -225,7 +217,10 @@ fn balance_gap(w: &MemWeights) -> f64 {
 fn balancing_real_peft_adapters_keeps_outputs() {
     for family in ["llama", "qwen2"] {
         let input = root(family).join("adapter");
-        let out_tmp = tmp(&format!("bal-{family}"));
+        let out_tmp = tempfile::Builder::new()
+            .prefix(&format!("balora-peft-real-bal-{family}-"))
+            .tempdir()
+            .unwrap();
         let out = out_tmp.path();
         balance_adapter(&input, out, Gauge::Closest).unwrap();
         let (_, before) = read_adapter(&input).unwrap();

@@ -13,7 +13,7 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 fn linear<B: Backend>(out: &mut Vec<NamedTensor>, path: &str, l: &LoraLinear<B>) {
     let (din, dout) = l.dims();
-    let w = to_vec(l.base.weight.val().transpose());
+    let w = to_vec(l.base_weight().transpose());
     out.push((format!("{path}.weight"), vec![dout, din], w));
     if let Some(b) = &l.base.bias {
         out.push((format!("{path}.bias"), vec![dout], to_vec(b.val())));

@@ -89,7 +89,7 @@ fn base_weight_out<B: Backend>(fan_in_fan_out: bool, l: &LoraLinear<B>) -> (Vec<
     if fan_in_fan_out {
         (vec![din, dout], to_vec(l.base.weight.val()))
     } else {
-        (vec![dout, din], to_vec(l.base.weight.val().transpose()))
+        (vec![dout, din], to_vec(l.base_weight().transpose()))
     }
 }
 

@@ -18,6 +18,28 @@ fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
+/// A JSON array of non-negative integers.
+fn ints(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+/// The reference's tokenizer cases: `(text, token ids)`.
+fn tokenizer_cases(r: &Value) -> Vec<(&str, Vec<u32>)> {
+    r["tokenizer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ids = ints(&c["ids"]).into_iter().map(|x| x as u32).collect();
+            (c["text"].as_str().unwrap(), ids)
+        })
+        .collect()
+}
+
 fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()
         .unwrap()
@@ -148,11 +170,9 @@ fn smollm2_hf_view_unpermutes_q_and_k_like_numpy() {
     for case in r["hf_layout"].as_array().unwrap() {
         let t = view.load(case["hf"].as_str().unwrap()).unwrap();
         let cols = t.shape[1];
-        let rows: Vec<usize> = case["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as usize)
+        let rows: Vec<usize> = ints(&case["rows"])
+            .into_iter()
+            .map(|x| x as usize)
             .collect();
         for (row, want) in rows.iter().zip(case["values"].as_array().unwrap()) {
             for (c, w) in f64s(want).iter().enumerate() {
@@ -191,14 +211,7 @@ fn smollm2_tokenizer_matches_reference_bpe() {
     );
     assert_eq!(tok.get_vocab_size(true), 49152);
     assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
-    for case in r["tokenizer"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+    for (text, want) in tokenizer_cases(&r) {
         let enc = tok.encode(text, false).unwrap();
         assert_eq!(enc.get_ids(), want.as_slice(), "{text:?}");
         assert_eq!(
@@ -251,14 +264,7 @@ fn minilm_safetensors_config_and_tokenizer_match_reference() {
         ],
         [101, 7592, 1010, 2088, 999, 102]
     );
-    for case in r["tokenizer"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+    for (text, want) in tokenizer_cases(&r) {
         assert_eq!(
             tok.encode(text, true).unwrap().get_ids(),
             want.as_slice(),

@@ -22,7 +22,7 @@
 //! weight and bias, no adapter dropout; otherwise callers fall back to burn's ops. Tests compare
 //! both paths and an f64 reference (`tests/linear.rs`).
 
-use crate::qblocks::QuantMatrix;
+pub(crate) use crate::qlinear::Frozen;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -36,14 +36,6 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) type Ad = Autodiff<Flex>;
 pub(crate) type AdPrim = <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
-
-/// A frozen weight as the kernels read it: f32 (`W` `[in, out]` in the forward, its row-major
-/// transpose in the backward's state) or quantization blocks (`[out, in]`, both directions).
-#[derive(Clone, Debug)]
-pub(crate) enum Frozen {
-    Dense(FlexTensor),
-    Quant(QuantMatrix),
-}
 
 /// A row-major copy of a frozen weight's transpose, made on first use by the CPU path and
 /// remade when the weight changes. Cloning shares it.

@@ -15,7 +15,7 @@
 //! computes what an f32 layer holding `dequantize(W)` computes up to the order of the sums.
 
 use crate::linear::{
-    autodiff_forward, cast, flex_prim, flex_tensor, forward_values, is_f32, prim, same, Ad, Frozen,
+    autodiff_forward, cast, flex_prim, flex_tensor, forward_values, is_f32, prim, same, Ad,
 };
 use crate::qblocks::{QuantMatrix, QK};
 use burn::backend::Flex;
@@ -23,6 +23,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// A frozen weight as the kernels read it: f32 (`W` `[in, out]` in the forward, its row-major
+/// transpose in the backward's state) or quantization blocks (`[out, in]`, both directions).
+#[derive(Clone, Debug)]
+pub(crate) enum Frozen {
+    Dense(burn::backend::flex::FlexTensor),
+    Quant(QuantMatrix),
+}
 
 /// Rows of `W` dequantised at a time.
 const TILE_OUT: usize = 64;

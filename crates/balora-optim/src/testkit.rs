@@ -257,3 +257,45 @@ pub fn buffer_errors(
         |which, want: &DMatrix<f64>| rel_err(&buffer(opt, key, which, name, want.shape()), want);
     (got("lora_a", want_a), got("lora_b", want_b))
 }
+
+/// AdamW written out element by element in f64 (bias correction, decoupled weight decay): the
+/// closed-form reference the optimizer tests compare against, independent of [`crate::rules`].
+#[derive(Debug, Clone)]
+pub struct RefAdamW {
+    hp: AdamWParams,
+    m: DMatrix<f64>,
+    v: DMatrix<f64>,
+    t: i32,
+}
+
+impl RefAdamW {
+    /// Zero moments for a parameter of `shape` (rows, cols).
+    pub fn new(shape: (usize, usize), hp: AdamWParams) -> Self {
+        Self {
+            hp,
+            m: DMatrix::zeros(shape.0, shape.1),
+            v: DMatrix::zeros(shape.0, shape.1),
+            t: 0,
+        }
+    }
+
+    /// `theta` after one step with gradient `g` and learning rate `lr`.
+    pub fn step(&mut self, theta: &DMatrix<f64>, g: &DMatrix<f64>, lr: f64) -> DMatrix<f64> {
+        let AdamWParams {
+            beta1: b1,
+            beta2: b2,
+            eps,
+            weight_decay: wd,
+        } = self.hp;
+        self.t += 1;
+        let mut out = theta.clone();
+        for i in 0..theta.len() {
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
+            let mhat = self.m[i] / (1.0 - b1.powi(self.t));
+            let vhat = self.v[i] / (1.0 - b2.powi(self.t));
+            out[i] = theta[i] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
+        }
+        out
+    }
+}

@@ -2,7 +2,8 @@
 //! update rules written out element by element in f64 here (not calling `balora_optim::rules`).
 //! Moment transport is checked against the math in `transport_math.rs`.
 
-use balora_optim::testkit::{matrix, rand_mat, tensor};
+use balora_optim::rules::AdamWParams;
+use balora_optim::testkit::{matrix, rand_mat, tensor, RefAdamW};
 use balora_optim::{build_optimizer, AdapterOptimizer, OptionValue, Options, PairStep};
 use burn::backend::NdArray;
 use nalgebra::DMatrix;
@@ -59,40 +60,12 @@ fn run(
     out
 }
 
-/// Element-wise AdamW in f64.
-struct RefAdamW {
-    b1: f64,
-    b2: f64,
-    eps: f64,
-    wd: f64,
-    m: DMatrix<f64>,
-    v: DMatrix<f64>,
-    t: i32,
-}
-
-impl RefAdamW {
-    fn new(shape: (usize, usize), b1: f64, b2: f64, eps: f64, wd: f64) -> Self {
-        Self {
-            b1,
-            b2,
-            eps,
-            wd,
-            m: DMatrix::zeros(shape.0, shape.1),
-            v: DMatrix::zeros(shape.0, shape.1),
-            t: 0,
-        }
-    }
-    fn step(&mut self, theta: &DMatrix<f64>, g: &DMatrix<f64>, lr: f64) -> DMatrix<f64> {
-        self.t += 1;
-        let mut out = theta.clone();
-        for i in 0..theta.len() {
-            self.m[i] = self.b1 * self.m[i] + (1.0 - self.b1) * g[i];
-            self.v[i] = self.b2 * self.v[i] + (1.0 - self.b2) * g[i] * g[i];
-            let mhat = self.m[i] / (1.0 - self.b1.powi(self.t));
-            let vhat = self.v[i] / (1.0 - self.b2.powi(self.t));
-            out[i] = theta[i] * (1.0 - lr * self.wd) - lr * mhat / (vhat.sqrt() + self.eps);
-        }
-        out
+fn hp(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> AdamWParams {
+    AdamWParams {
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
     }
 }
 
@@ -177,8 +150,8 @@ fn adamw_one_and_five_steps_match_closed_form() {
         let mut opt = build_optimizer::<B>("adamw", &adamw_opts()).unwrap();
         let got = run(opt.as_mut(), lr, steps);
         let (mut a, mut b) = (rand_mat(R, N_IN, 1), rand_mat(N_OUT, R, 2));
-        let mut ra = RefAdamW::new((R, N_IN), 0.8, 0.95, 1e-6, 0.1);
-        let mut rb = RefAdamW::new((N_OUT, R), 0.8, 0.95, 1e-6, 0.1);
+        let mut ra = RefAdamW::new((R, N_IN), hp(0.8, 0.95, 1e-6, 0.1));
+        let mut rb = RefAdamW::new((N_OUT, R), hp(0.8, 0.95, 1e-6, 0.1));
         for (t, (ga_got, gb_got)) in got.iter().enumerate() {
             let (ga, gb) = grads(t);
             a = ra.step(&a, &ga, lr);

@@ -3,40 +3,24 @@
 
 extern crate balora_plugin_loraplus;
 
-use balora_optim::testkit::{matrix, rand_mat, tensor};
+use balora_optim::rules::AdamWParams;
+use balora_optim::testkit::{matrix, rand_mat, tensor, RefAdamW};
 use balora_optim::{build_optimizer, optimizer_entries, OptionValue, Options, PairStep};
 use burn::backend::NdArray;
-use nalgebra::DMatrix;
 
 type B = NdArray;
-
-/// One element-wise AdamW step in f64 with bias correction and decoupled decay.
-#[allow(clippy::too_many_arguments)]
-fn adamw_ref(
-    theta: &mut DMatrix<f64>,
-    m: &mut DMatrix<f64>,
-    v: &mut DMatrix<f64>,
-    g: &DMatrix<f64>,
-    t: i32,
-    lr: f64,
-    (b1, b2, eps, wd): (f64, f64, f64, f64),
-) {
-    for i in 0..theta.len() {
-        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-        let mhat = m[i] / (1.0 - b1.powi(t));
-        let vhat = v[i] / (1.0 - b2.powi(t));
-        theta[i] = theta[i] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
-    }
-}
 
 fn check(ratio: Option<f64>, steps: usize) {
     let (r, n_in, n_out) = (2, 6, 5);
     let lr = 1e-3;
-    let hp = (0.9, 0.99, 1e-8, 0.05);
+    let hp = AdamWParams {
+        beta2: 0.99,
+        weight_decay: 0.05,
+        ..AdamWParams::default()
+    };
     let mut opts = Options::default()
-        .with("beta2", OptionValue::Float(hp.1))
-        .with("weight_decay", OptionValue::Float(hp.3));
+        .with("beta2", OptionValue::Float(hp.beta2))
+        .with("weight_decay", OptionValue::Float(hp.weight_decay));
     if let Some(l) = ratio {
         opts = opts.with("ratio", OptionValue::Float(l));
     }
@@ -44,14 +28,7 @@ fn check(ratio: Option<f64>, steps: usize) {
     let mut opt = build_optimizer::<B>("loraplus", &opts).unwrap();
     let (mut a, mut b) = (rand_mat(r, n_in, 1), rand_mat(n_out, r, 2));
     let (mut ta, mut tb) = (tensor(&a), tensor(&b));
-    let (mut ma, mut va) = (
-        DMatrix::<f64>::zeros(r, n_in),
-        DMatrix::<f64>::zeros(r, n_in),
-    );
-    let (mut mb, mut vb) = (
-        DMatrix::<f64>::zeros(n_out, r),
-        DMatrix::<f64>::zeros(n_out, r),
-    );
+    let (mut ref_a, mut ref_b) = (RefAdamW::new((r, n_in), hp), RefAdamW::new((n_out, r), hp));
     for t in 0..steps {
         let (ga, gb) = (
             rand_mat(r, n_in, 10 + t as u64),
@@ -68,8 +45,8 @@ fn check(ratio: Option<f64>, steps: usize) {
                 grams: None,
             },
         );
-        adamw_ref(&mut a, &mut ma, &mut va, &ga, t as i32 + 1, lr, hp);
-        adamw_ref(&mut b, &mut mb, &mut vb, &gb, t as i32 + 1, lambda * lr, hp);
+        a = ref_a.step(&a, &ga, lr);
+        b = ref_b.step(&b, &gb, lambda * lr);
         for (got, want, name) in [(matrix(ta.clone()), &a, "A"), (matrix(tb.clone()), &b, "B")] {
             let err = (&got - want).amax() / want.amax();
             assert!(

@@ -7,7 +7,8 @@
 extern crate balora_plugin_riemannian;
 
 use balora_adapter::{LoraAdapter, LoraLinear};
-use balora_optim::testkit::{matrix, rand_mat, rel_err, tensor};
+use balora_optim::rules::AdamWParams;
+use balora_optim::testkit::{matrix, rand_mat, rel_err, tensor, RefAdamW};
 use balora_optim::{build_optimizer, OptimizerDriver, OptionValue, Options, PairStep};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::Param;
@@ -95,23 +96,17 @@ fn sgd_momentum_base_matches_closed_form() {
 fn adamw_base_matches_closed_form() {
     let (r, n_in, n_out) = (2, 6, 4);
     let (lr, delta) = (0.01, 1e-3);
-    let (b1, b2, eps, wd) = (0.9, 0.999, 1e-8, 0.02);
+    let hp = AdamWParams {
+        weight_decay: 0.02,
+        ..AdamWParams::default()
+    };
     let opts = Options::default()
         .with("delta", OptionValue::Float(delta))
-        .with("weight_decay", OptionValue::Float(wd));
+        .with("weight_decay", OptionValue::Float(hp.weight_decay));
     let mut opt = build_optimizer::<B>("riemannian", &opts).unwrap();
     let (mut a, mut b) = (rand_mat(r, n_in, 3), rand_mat(n_out, r, 4));
     let (mut ta, mut tb) = (tensor::<B>(&a), tensor::<B>(&b));
-    let mut state = [
-        (
-            DMatrix::<f64>::zeros(r, n_in),
-            DMatrix::<f64>::zeros(r, n_in),
-        ),
-        (
-            DMatrix::<f64>::zeros(n_out, r),
-            DMatrix::<f64>::zeros(n_out, r),
-        ),
-    ];
+    let (mut ref_a, mut ref_b) = (RefAdamW::new((r, n_in), hp), RefAdamW::new((n_out, r), hp));
     for t in 1..=5 {
         let (ga, gb) = (rand_mat(r, n_in, 60 + t), rand_mat(n_out, r, 90 + t));
         let grams = balora_optim::PairGrams::new(&a * a.transpose(), b.transpose() * &b).unwrap();
@@ -127,16 +122,8 @@ fn adamw_base_matches_closed_form() {
             },
         );
         let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
-        let [sa, sb] = &mut state;
-        for (theta, g, (m, v)) in [(&mut a, &pa, sa), (&mut b, &pb, sb)] {
-            for i in 0..theta.len() {
-                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                let mhat = m[i] / (1.0 - b1.powi(t as i32));
-                let vhat = v[i] / (1.0 - b2.powi(t as i32));
-                theta[i] = theta[i] * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
-            }
-        }
+        a = ref_a.step(&a, &pa, lr);
+        b = ref_b.step(&b, &pb, lr);
         let (ea, eb) = (
             rel_err(&matrix(ta.clone()), &a),
             rel_err(&matrix(tb.clone()), &b),

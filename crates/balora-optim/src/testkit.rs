@@ -63,7 +63,7 @@
 use crate::rules::AdamWParams;
 use crate::{AdapterOptimizer, PairStep};
 use balora_adapter::{apply_manifold, LoraAdapter};
-use balora_manifold::{build_manifold, DMatrix, GaugeTransform, OptionValue, Options};
+use balora_manifold::{build_manifold, DMatrix, GaugeTransform, OptionValue, Options, PairGrams};
 use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -202,6 +202,25 @@ pub fn pair_step<B: Backend>(
         grad_b: tensor(gb),
         grams: None,
     }
+}
+
+/// One `step_pair` of `opt` for adapter `key` on the device factors `(a, b)` with host gradients
+/// `(∇A, ∇B)` (uploaded) and optional Grams: the new device factors.
+pub fn step_host<B: Backend, O: AdapterOptimizer<B> + ?Sized>(
+    opt: &mut O,
+    (key, lr): (&str, f64),
+    (a, b): (Tensor<B, 2>, Tensor<B, 2>),
+    (ga, gb): (&DMatrix<f64>, &DMatrix<f64>),
+    grams: Option<PairGrams>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let step = PairStep {
+        a,
+        b,
+        grad_a: tensor(ga),
+        grad_b: tensor(gb),
+        grams,
+    };
+    opt.step_pair(key, lr, step)
 }
 
 /// AdamW hyper-parameters with β₁ = β₂ = 0 (the rest default): after one step, `m = ∇` and

@@ -3,8 +3,8 @@
 //! Moment transport is checked against the math in `transport_math.rs`.
 
 use balora_optim::rules::AdamWParams;
-use balora_optim::testkit::{matrix, rand_mat, tensor, RefAdamW};
-use balora_optim::{build_optimizer, AdapterOptimizer, OptionValue, Options, PairStep};
+use balora_optim::testkit::{matrix, rand_mat, step_host, tensor, RefAdamW};
+use balora_optim::{build_optimizer, AdapterOptimizer, OptionValue, Options};
 use burn::backend::NdArray;
 use nalgebra::DMatrix;
 
@@ -43,17 +43,7 @@ fn run(
     let mut out = Vec::new();
     for t in 0..steps {
         let (ga, gb) = grads(t);
-        let (na, nb) = opt.step_pair(
-            "layer.q",
-            lr,
-            PairStep {
-                a,
-                b,
-                grad_a: tensor(&ga),
-                grad_b: tensor(&gb),
-                grams: None,
-            },
-        );
+        let (na, nb) = step_host(opt, ("layer.q", lr), (a, b), (&ga, &gb), None);
         out.push((matrix(na.clone()), matrix(nb.clone())));
         (a, b) = (na, nb);
     }

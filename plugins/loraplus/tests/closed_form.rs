@@ -4,8 +4,8 @@
 extern crate balora_plugin_loraplus;
 
 use balora_optim::rules::AdamWParams;
-use balora_optim::testkit::{matrix, rand_mat, tensor, RefAdamW};
-use balora_optim::{build_optimizer, optimizer_entries, OptionValue, Options, PairStep};
+use balora_optim::testkit::{matrix, rand_mat, step_host, tensor, RefAdamW};
+use balora_optim::{build_optimizer, optimizer_entries, OptionValue, Options};
 use burn::backend::NdArray;
 
 type B = NdArray;
@@ -34,16 +34,12 @@ fn check(ratio: Option<f64>, steps: usize) {
             rand_mat(r, n_in, 10 + t as u64),
             rand_mat(n_out, r, 50 + t as u64),
         );
-        (ta, tb) = opt.step_pair(
-            "blocks.0.mlp",
-            lr,
-            PairStep {
-                a: ta,
-                b: tb,
-                grad_a: tensor(&ga),
-                grad_b: tensor(&gb),
-                grams: None,
-            },
+        (ta, tb) = step_host(
+            opt.as_mut(),
+            ("blocks.0.mlp", lr),
+            (ta, tb),
+            (&ga, &gb),
+            None,
         );
         a = ref_a.step(&a, &ga, lr);
         b = ref_b.step(&b, &gb, lambda * lr);
@@ -74,16 +70,12 @@ fn b_moves_ratio_times_further_on_first_step() {
     let opts = Options::default().with("ratio", OptionValue::Int(8));
     let mut opt = build_optimizer::<B>("loraplus", &opts).unwrap();
     let (a, b) = (rand_mat(2, 3, 3), rand_mat(3, 2, 4));
-    let (na, nb) = opt.step_pair(
-        "k",
-        0.01,
-        PairStep {
-            a: tensor(&a),
-            b: tensor(&b),
-            grad_a: tensor(&rand_mat(2, 3, 5)),
-            grad_b: tensor(&rand_mat(3, 2, 6)),
-            grams: None,
-        },
+    let (na, nb) = step_host(
+        opt.as_mut(),
+        ("k", 0.01),
+        (tensor(&a), tensor(&b)),
+        (&rand_mat(2, 3, 5), &rand_mat(3, 2, 6)),
+        None,
     );
     let da = (matrix(na) - a).abs();
     let db = (matrix(nb) - b).abs();

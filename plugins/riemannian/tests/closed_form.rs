@@ -8,8 +8,8 @@ extern crate balora_plugin_riemannian;
 
 use balora_adapter::{LoraAdapter, LoraLinear};
 use balora_optim::rules::AdamWParams;
-use balora_optim::testkit::{matrix, rand_mat, rel_err, tensor, RefAdamW};
-use balora_optim::{build_optimizer, OptimizerDriver, OptionValue, Options, PairStep};
+use balora_optim::testkit::{matrix, rand_mat, rel_err, step_host, tensor, RefAdamW};
+use balora_optim::{build_optimizer, OptimizerDriver, OptionValue, Options};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::Param;
 use burn::nn::Linear;
@@ -63,17 +63,7 @@ fn sgd_momentum_base_matches_closed_form() {
                 rand_mat(n_out, r, 30 + t as u64),
             );
             // grams: None exercises the plugin's own device-side Gram path.
-            (ta, tb) = opt.step_pair(
-                "l",
-                lr,
-                PairStep {
-                    a: ta,
-                    b: tb,
-                    grad_a: tensor(&ga),
-                    grad_b: tensor(&gb),
-                    grams: None,
-                },
-            );
+            (ta, tb) = step_host(opt.as_mut(), ("l", lr), (ta, tb), (&ga, &gb), None);
             let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
             ma = ma * mu + pa;
             mb = mb * mu + pb;
@@ -110,17 +100,7 @@ fn adamw_base_matches_closed_form() {
     for t in 1..=5 {
         let (ga, gb) = (rand_mat(r, n_in, 60 + t), rand_mat(n_out, r, 90 + t));
         let grams = balora_optim::PairGrams::new(&a * a.transpose(), b.transpose() * &b).unwrap();
-        (ta, tb) = opt.step_pair(
-            "l",
-            lr,
-            PairStep {
-                a: ta,
-                b: tb,
-                grad_a: tensor(&ga),
-                grad_b: tensor(&gb),
-                grams: Some(grams),
-            },
-        );
+        (ta, tb) = step_host(opt.as_mut(), ("l", lr), (ta, tb), (&ga, &gb), Some(grams));
         let (pa, pb) = precondition(&a, &b, &ga, &gb, delta);
         a = ref_a.step(&a, &pa, lr);
         b = ref_b.step(&b, &pb, lr);

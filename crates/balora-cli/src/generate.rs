@@ -66,6 +66,14 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("--prompt is empty: give some text to continue");
     }
     let path = default_model(a.model.as_deref())?;
+    let kind = balora_models::load::model_kind(&path)?;
+    if kind != balora_models::load::ModelKind::Llama {
+        anyhow::bail!(
+            "{}: a {} model; `balora generate` runs Llama-style models only (`balora train` and `balora merge` take this one)",
+            path.display(),
+            kind.name()
+        );
+    }
     crate::backend::dispatch!(a.backend, |B, device| run_on::<
         <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
     >(&a, &path, &device))?

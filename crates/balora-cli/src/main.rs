@@ -4,6 +4,7 @@ mod assets;
 mod backend;
 mod balance;
 mod bench;
+mod causal;
 mod compare;
 mod compare_diag;
 mod compare_grid;

@@ -1,7 +1,8 @@
 //! `balora merge`: base model + PEFT adapter → one safetensors file of merged weights in
 //! Hugging Face names and layout.
 //!
-//! Bases: a Llama-family `.gguf` or HF folder, or a BERT HF folder. A BERT adapter with
+//! Bases: a Llama-family `.gguf` or HF folder, a GPT-2 or GPT-NeoX HF folder, or a BERT HF
+//! folder (told apart by `config.json`: `balora_models::load::model_kind`). A BERT adapter with
 //! `bert.`-prefixed modules and a `classifier` (what `balora train` writes for a classify job,
 //! and what PEFT writes for `SEQ_CLS`) is merged into a classifier and written in
 //! `BertForSequenceClassification` names (`bert.…`, `classifier.…`).
@@ -16,9 +17,14 @@ use anyhow::{bail, Context, Result};
 use balora_models::export::{
     bert_classifier_hf_tensors, bert_hf_tensors, llama_hf_tensors, NamedTensor,
 };
-use balora_models::load::{load_bert_hf_dir, load_causal_lm};
+use balora_models::load::{
+    load_bert_hf_dir, load_causal_lm, load_gpt2_hf_dir, load_gpt_neox_hf_dir, model_kind, ModelKind,
+};
 use balora_models::peft::{apply_adapter_tensors, read_adapter};
-use balora_models::{merge_all, AdapterHost, BertForSequenceClassification, Pooling, Weights};
+use balora_models::{
+    merge_all, AdapterHost, BertForSequenceClassification, Gpt2LmHeadModel, GptNeoXForCausalLm,
+    Pooling, Weights,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -43,22 +49,6 @@ type B = burn::backend::NdArray;
 
 /// Module path → adapter scale, for every adapted linear layer.
 type Adapted = BTreeMap<String, f64>;
-
-fn config_json(dir: &Path) -> Option<serde_json::Value> {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-}
-
-fn is_bert(dir: &Path) -> bool {
-    config_json(dir)
-        .and_then(|v| {
-            v.get("model_type")
-                .and_then(|m| m.as_str())
-                .map(|m| m == "bert")
-        })
-        .unwrap_or(false)
-}
 
 /// A file's identity: its canonical path and, on Unix, (device, inode), so hard links match.
 #[derive(Debug, PartialEq)]
@@ -229,24 +219,46 @@ fn merge_bert(base: &Path, adapter: &Path) -> Result<(Vec<NamedTensor>, Adapted)
     }
 }
 
-fn merge_lm(base: &Path, adapter: &Path) -> Result<(Vec<NamedTensor>, Adapted)> {
+/// The causal LM `base` of loader `kind` with the adapter merged, in Hugging Face names.
+fn merge_lm(base: &Path, adapter: &Path, kind: ModelKind) -> Result<(Vec<NamedTensor>, Adapted)> {
     let device = Default::default();
-    let lm = load_causal_lm::<B>(base, &device)
-        .with_context(|| format!("loading {}", base.display()))?;
+    let loading = || format!("loading {}", base.display());
+    match kind {
+        ModelKind::Gpt2 => {
+            let m = load_gpt2_hf_dir::<B>(base, &device).with_context(loading)?;
+            merged(m.0, adapter, Gpt2LmHeadModel::hf_tensors)
+        }
+        ModelKind::GptNeoX => {
+            let m = load_gpt_neox_hf_dir::<B>(base, &device).with_context(loading)?;
+            merged(m.0, adapter, GptNeoXForCausalLm::hf_tensors)
+        }
+        ModelKind::Llama | ModelKind::Bert => {
+            let lm = load_causal_lm::<B>(base, &device).with_context(loading)?;
+            merged(lm.model, adapter, llama_hf_tensors)
+        }
+    }
+}
+
+/// `model` with the PEFT adapter in `adapter` applied and merged, exported by `export`.
+fn merged<M: AdapterHost<B>>(
+    model: M,
+    adapter: &Path,
+    export: fn(&M) -> Vec<NamedTensor>,
+) -> Result<(Vec<NamedTensor>, Adapted)> {
     let (spec, w) = read_adapter(adapter)?;
-    let m = apply_adapter_tensors(lm.model, &spec, &w, &device)?;
+    let m = apply_adapter_tensors(model, &spec, &w, &Default::default())?;
     let ad = adapted(&m);
-    Ok((llama_hf_tensors(&merge_all(m)), ad))
+    Ok((export(&merge_all(m)), ad))
 }
 
 /// Runs the command.
 pub fn run(a: Args) -> Result<()> {
     let base = crate::generate::default_model(a.base.as_deref())?;
     check_out(&a.out, &base, &a.adapter, a.force)?;
-    let (tensors, adapters) = if base.is_dir() && is_bert(&base) {
-        merge_bert(&base, &a.adapter)
-    } else {
-        merge_lm(&base, &a.adapter)
+    let kind = model_kind(&base).with_context(|| format!("reading {}", base.display()))?;
+    let (tensors, adapters) = match kind {
+        ModelKind::Bert => merge_bert(&base, &a.adapter),
+        _ => merge_lm(&base, &a.adapter, kind),
     }
     .with_context(|| format!("merging adapter {}", a.adapter.display()))?;
     if adapters.is_empty() {

@@ -5,7 +5,9 @@ use balora_config::{JobConfig, ModelFamily};
 use balora_data::{load_dataset, Dataset, Encoder, ModelLimits};
 use balora_models::peft::{save_adapter, AdapterMeta};
 use balora_models::surgery::attach;
-use balora_models::{BertForSequenceClassification, LlamaForCausalLm, Pooling};
+use balora_models::{
+    BertForSequenceClassification, Gpt2LmHeadModel, GptNeoXForCausalLm, LlamaForCausalLm, Pooling,
+};
 use balora_optim::RegistryBackend;
 use balora_train::{train, Objective, RunOptions, TrainOutcome, TrainStepper};
 use burn::tensor::backend::AutodiffBackend;
@@ -113,8 +115,12 @@ pub fn adapter_spec(cfg: &JobConfig) -> balora_config::LoraConfig {
 /// A base model (adapters not yet attached) with its dataset.
 #[allow(clippy::large_enum_variant)] // one value per run
 pub enum Base<B: AutodiffBackend> {
-    /// Causal LM.
+    /// Causal LM (Llama-style).
     Llama(LlamaForCausalLm<B>),
+    /// Causal LM (GPT-2).
+    Gpt2(Gpt2LmHeadModel<B>),
+    /// Causal LM (GPT-NeoX / Pythia).
+    NeoX(GptNeoXForCausalLm<B>),
     /// Classifier.
     Bert(BertForSequenceClassification<B>),
 }
@@ -127,18 +133,9 @@ pub fn load_base<B: AutodiffBackend>(
 ) -> Result<(Base<B>, Dataset)> {
     let t0 = Instant::now();
     let (base, tokenizer, limits) = match cfg.model.family {
-        ModelFamily::Llama => {
-            let dtype = cfg.model.base_dtype()?;
-            let lm = balora_models::load::load_causal_lm_as::<B>(&res.model_path, dtype, device)
-                .with_context(|| format!("loading {}", res.model_path.display()))?;
-            let limits = ModelLimits {
-                vocab_size: lm.config.vocab_size,
-                context: lm.config.max_position,
-                num_labels: None,
-            };
-            (Base::Llama(lm.model), lm.tokenizer, limits)
-        }
+        ModelFamily::Llama => crate::causal::load::<B>(cfg, &res.model_path, device)?,
         ModelFamily::Bert => {
+            crate::causal::check_not_causal(&res.model_path)?;
             let (bert, c, tok) =
                 balora_models::load::load_bert_hf_dir::<B>(&res.model_path, device)?;
             let classes = cfg.model.num_labels.unwrap_or(2);
@@ -150,7 +147,7 @@ pub fn load_base<B: AutodiffBackend>(
             B::seed(device, cfg.trainer.seed);
             (
                 Base::Bert(BertForSequenceClassification::new(bert, classes, Pooling::Cls, device)),
-                tok,
+                Some(tok),
                 limits,
             )
         }
@@ -158,10 +155,14 @@ pub fn load_base<B: AutodiffBackend>(
             "model.family = \"tiny\" is for tests and `cargo bench -p balora-train`; use llama or bert"
         ),
     };
-    let tokenizer = match &cfg.model.tokenizer {
-        Some(p) => tokenizers::Tokenizer::from_file(p)
+    let tokenizer = match (&cfg.model.tokenizer, tokenizer) {
+        (Some(p), _) => tokenizers::Tokenizer::from_file(p)
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-        None => tokenizer,
+        (None, Some(t)) => t,
+        (None, None) => bail!(
+            "{}: the model folder has no tokenizer.json: set model.tokenizer to a tokenizer.json",
+            res.model_path.display()
+        ),
     };
     let encoder = Encoder::new(tokenizer);
     let data = load_dataset(&cfg.data, &res.data_path, &encoder, cfg.trainer.seed)?;
@@ -260,6 +261,8 @@ where
     B::seed(device, cfg.trainer.seed);
     match base {
         Base::Llama(m) => fit.run(m.clone(), &mut stepper, &Objective::causal(), "CAUSAL_LM"),
+        Base::Gpt2(m) => fit.run(m.clone(), &mut stepper, &Objective::causal(), "CAUSAL_LM"),
+        Base::NeoX(m) => fit.run(m.clone(), &mut stepper, &Objective::causal(), "CAUSAL_LM"),
         Base::Bert(m) => fit.run(m.clone(), &mut stepper, &Objective::classifier(), "SEQ_CLS"),
     }
 }

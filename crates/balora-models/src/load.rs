@@ -158,6 +158,13 @@ fn load_llama_gguf_as<B: Backend>(
         .architecture()
         .map_err(|e| fmt_err(path, e))?
         .to_string();
+    if matches!(arch.as_str(), "gpt2" | "gptneox") {
+        return Err(ModelError::config(
+            &origin,
+            "general.architecture",
+            format!("`{arch}`: balora reads GPT-2 and GPT-NeoX from a Hugging Face folder (config.json + *.safetensors), not from GGUF"),
+        ));
+    }
     let names = file.names();
     let emb = file
         .tensor_info("token_embd.weight")
@@ -287,6 +294,58 @@ pub fn load_bert_hf_dir<B: Backend>(
     check_tokenizer_vocab(&tokenizer, config.vocab_size, &tpath, "vocab")?;
     let model = BertModel::load(&config, &SourceWeights(&files), device)?;
     Ok((model, config, tokenizer))
+}
+
+/// The loader a model file or folder needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A Llama-style decoder ([`load_causal_lm`]): every `.gguf` file, and a folder of another
+    /// `model_type` (whose loader names it if it is not one of its families).
+    Llama,
+    /// GPT-2 ([`load_gpt2_hf_dir`]).
+    Gpt2,
+    /// GPT-NeoX / Pythia ([`load_gpt_neox_hf_dir`]).
+    GptNeoX,
+    /// A BERT encoder ([`load_bert_hf_dir`]).
+    Bert,
+}
+
+impl ModelKind {
+    /// The family's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Llama => "Llama-style",
+            ModelKind::Gpt2 => "GPT-2",
+            ModelKind::GptNeoX => "GPT-NeoX",
+            ModelKind::Bert => "BERT",
+        }
+    }
+}
+
+/// Which loader reads `path`: a file is a GGUF ([`ModelKind::Llama`]); a Hugging Face folder
+/// goes by its `config.json`'s `model_type` or, without one, its first `architectures` entry.
+pub fn model_kind(path: &Path) -> Result<ModelKind, ModelError> {
+    if !path.is_dir() {
+        return Ok(ModelKind::Llama);
+    }
+    let cpath = path.join("config.json");
+    let v = read_hf_config(&cpath).map_err(|e| fmt_err(&cpath, e))?;
+    let by_type = v.get("model_type").and_then(serde_json::Value::as_str);
+    let arch = v
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
+    Ok(match by_type {
+        Some("gpt2") => ModelKind::Gpt2,
+        Some("gpt_neox") => ModelKind::GptNeoX,
+        Some("bert") => ModelKind::Bert,
+        Some(_) => ModelKind::Llama,
+        None if arch == "GPT2LMHeadModel" => ModelKind::Gpt2,
+        None if arch == "GPTNeoXForCausalLM" => ModelKind::GptNeoX,
+        None if arch.starts_with("Bert") => ModelKind::Bert,
+        None => ModelKind::Llama,
+    })
 }
 
 /// A Hugging Face folder's `config.json` (with its path, for messages) and safetensors.

@@ -396,3 +396,18 @@ fn gpt_model_errors_are_one_line() {
         .unwrap();
     fails_with(&o, &["GPT-2", "Llama-style models only"]);
 }
+
+#[test]
+fn a_config_without_model_type_goes_by_architectures() {
+    for (family, fan_in_fan_out, _) in FAMILIES {
+        let tmp = TempDir::new().unwrap();
+        let model = model_copy(tmp.path(), family, false);
+        let mut cfg = json(&model.join("config.json"));
+        cfg.as_object_mut().unwrap().remove("model_type").unwrap();
+        std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+        let adapter = fixture(family).join("adapter");
+        let out = tmp.path().join("merged.safetensors");
+        ok(&merge(&model, &adapter, &out));
+        assert_eq!(check_merged(&model, &adapter, &out, fan_in_fan_out), 8);
+    }
+}

@@ -81,7 +81,8 @@ pub enum BackendName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFamily {
-    /// Llama-architecture causal LM (SmolLM2).
+    /// A causal LM: Llama-style decoders (SmolLM2, Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3) from
+    /// GGUF or a Hugging Face folder, and GPT-2 / GPT-NeoX folders (told apart by `config.json`).
     Llama,
     /// BERT sequence classifier.
     Bert,

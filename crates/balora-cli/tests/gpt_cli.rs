@@ -10,9 +10,8 @@ mod common;
 use balora_models::load::{load_gpt2_hf_dir, load_gpt_neox_hf_dir};
 use balora_models::peft::{apply_adapter_tensors, read_adapter};
 use balora_models::AdapterHost;
-use common::balora;
+use common::{balora, read_f32_tensors};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use tempfile::TempDir;
@@ -21,9 +20,6 @@ use tempfile::TempDir;
 /// compute `W + scale·(B·A)ᵀ` in f32 (a rank-4 sum, then one add), a few ulps of the largest
 /// value; a transposed or mis-scaled delta is ~1e-1.
 const MERGE_TOL: f64 = 1e-6;
-
-/// Name → (shape, values) of a safetensors file's F32 tensors.
-type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// The two families: fixture folder, Conv1D layout (`fan_in_fan_out`), adapter targets.
 const FAMILIES: [(&str, bool, &str); 2] = [
@@ -39,23 +35,6 @@ fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../balora-models/tests/fixtures/families")
         .join(family)
-}
-
-fn read(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
-        .map(|(n, v)| {
-            let d = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (n, (v.shape().to_vec(), d))
-        })
-        .collect()
 }
 
 fn json(path: &Path) -> Value {
@@ -184,9 +163,9 @@ fn merge(base: &Path, adapter: &Path, out: &Path) -> Output {
 /// other tensor is the base's, bit for bit. Returns the number of adapted tensors.
 fn check_merged(base: &Path, adapter: &Path, merged: &Path, fan_in_fan_out: bool) -> usize {
     let (w0, ad, got) = (
-        read(&base.join("model.safetensors")),
-        read(&adapter.join("adapter_model.safetensors")),
-        read(merged),
+        read_f32_tensors(&base.join("model.safetensors")),
+        read_f32_tensors(&adapter.join("adapter_model.safetensors")),
+        read_f32_tensors(merged),
     );
     let cfg = json(&adapter.join("adapter_config.json"));
     let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
@@ -237,7 +216,7 @@ fn merge_of_peft_adapters_matches_peft() {
         assert!(stdout.contains("merged 8 adapters"), "{stdout}");
         assert_eq!(check_merged(&base, &adapter, &out, fan_in_fan_out), 8);
         // PEFT's own merge (merge_and_unload), recorded by the fixture script.
-        let got = read(&out);
+        let got = read_f32_tensors(&out);
         let golden = json(&base.join("golden.json"));
         let want = golden["merged"].as_object().unwrap();
         assert!(!want.is_empty());

@@ -4,15 +4,16 @@
 //! (checked against W + s·B·A in f64 from the files); and `--out` can never clobber an input,
 //! an existing file needs `--force`, non-finite results are refused with nothing written.
 
+#[allow(dead_code)] // `generate_capital_of_france` is for other targets
+mod common;
+
 use balora_models::peft::{save_adapter, AdapterMeta};
 use balora_models::{
     attach, AdapterHost, BertForSequenceClassification, LoraConfig, ModuleSelector, Pooling,
 };
-use std::collections::BTreeMap;
+use common::{balora, read_f32_tensors};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+use std::process::Output;
 
 fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +38,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn merge(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_balora"))
+    balora()
         .arg("merge")
         .arg("--base")
         .arg(base)
@@ -62,29 +63,10 @@ fn fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
-/// The F32 tensors of a safetensors file (MiniLM also holds an I64 `position_ids`; everything
-/// balora writes is F32, so a missing tensor shows up at its lookup).
-fn read(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
-        .map(|(n, v)| {
-            let d = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (n, (v.shape().to_vec(), d))
-        })
-        .collect()
-}
-
 /// Every merged tensor bit-identical to PEFT's `merged.<name>`; returns the names.
 fn assert_peft_merge(family: &str, out: &Path) -> Vec<String> {
-    let got = read(out);
-    let want = read(&fixture(family).join("expected.safetensors"));
+    let got = read_f32_tensors(out);
+    let want = read_f32_tensors(&fixture(family).join("expected.safetensors"));
     for (name, (shape, data)) in &got {
         let (ws, wd) = &want[&format!("merged.{name}")];
         assert_eq!(shape, ws, "{family} {name}");
@@ -158,9 +140,9 @@ fn merges_a_classifier_adapter_written_by_balora() {
     ok(&merge(&base, &adapter, &out, &[]));
 
     // Reference: W + (α/r)·B·A in f64, from the base and adapter files.
-    let got = read(&out);
-    let w0 = read(&base.join("model.safetensors"));
-    let ad = read(&adapter.join("adapter_model.safetensors"));
+    let got = read_f32_tensors(&out);
+    let w0 = read_f32_tensors(&base.join("model.safetensors"));
+    let ad = read_f32_tensors(&adapter.join("adapter_model.safetensors"));
     let mut checked = 0;
     for (name, (shape, data)) in &got {
         let module = name.trim_end_matches(".weight");
@@ -299,7 +281,7 @@ fn non_finite_merges_name_the_module_and_write_nothing() {
     let nan = d.join("nan");
     copy_dir(&f.join("adapter"), &nan);
     let file = nan.join("adapter_model.safetensors");
-    let mut t = read(&file);
+    let mut t = read_f32_tensors(&file);
     let key = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight";
     t.get_mut(key).unwrap().1[3] = f32::NAN;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
@@ -329,7 +311,7 @@ fn balance_and_generate_accept_a_peft_0_21_adapter() {
     let f = fixture("llama");
     let d_tmp = tmp("peft021");
     let d = d_tmp.path();
-    let o = Command::new(env!("CARGO_BIN_EXE_balora"))
+    let o = balora()
         .arg("balance")
         .arg(f.join("adapter"))
         .arg(d.join("balanced"))
@@ -339,7 +321,7 @@ fn balance_and_generate_accept_a_peft_0_21_adapter() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("balanced 10 adapters"));
     // Row 0 of expected.json's input_ids, and PyTorch's next token after it.
     let ids = [1, 17, 42, 99, 5, 63, 28, 7];
-    let want = read(&f.join("expected.safetensors"));
+    let want = read_f32_tensors(&f.join("expected.safetensors"));
     let (shape, logits) = &want["adapted_logits"];
     let (seq, vocab) = (shape[1], shape[2]);
     let last = &logits[(seq - 1) * vocab..seq * vocab];
@@ -348,7 +330,7 @@ fn balance_and_generate_accept_a_peft_0_21_adapter() {
         .unwrap();
     let prompt: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
     for adapter in [f.join("adapter"), d.join("balanced")] {
-        let o = Command::new(env!("CARGO_BIN_EXE_balora"))
+        let o = balora()
             .args([
                 "generate",
                 "--backend",
@@ -396,7 +378,7 @@ fn merges_what_the_classify_job_trains() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/classify-minilm.toml");
     let set = |k: &str, v: &Path| format!("{k}={}", v.display());
     // The job's model is the `minilm` asset, the one for_test found.
-    let o = Command::new(env!("CARGO_BIN_EXE_balora"))
+    let o = balora()
         .arg("train")
         .arg("--config")
         .arg(&config)
@@ -409,9 +391,9 @@ fn merges_what_the_classify_job_trains() {
     let adapter = d.join("run/adapter");
     let out = d.join("merged.safetensors");
     ok(&merge(&minilm, &adapter, &out, &[]));
-    let got = read(&out);
-    let ad = read(&adapter.join("adapter_model.safetensors"));
-    let w0 = read(&minilm.join("model.safetensors"));
+    let got = read_f32_tensors(&out);
+    let ad = read_f32_tensors(&adapter.join("adapter_model.safetensors"));
+    let w0 = read_f32_tensors(&minilm.join("model.safetensors"));
     // The trained head, copied bit for bit under HF's classifier names.
     for k in ["weight", "bias"] {
         assert_eq!(

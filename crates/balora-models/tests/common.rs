@@ -286,3 +286,14 @@ pub fn check_gaussian_init(layers: &[(String, usize, f64)], narrow: &str, init_s
         );
     }
 }
+
+/// `max |got − want| / max |want|`.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    diff / scale.max(1e-30)
+}

@@ -3,6 +3,9 @@
 //! `PYTHONHASHSEED=0 target/tch-venv/bin/python tools/reference/gpt_golden.py`; nothing here is
 //! computed by the code under test.
 
+mod common;
+use common::rel_err;
+
 use balora_models::load::{load_gpt2_hf_dir, load_gpt_neox_hf_dir};
 use balora_models::peft::{load_adapter, parse_config, save_adapter, AdapterMeta};
 use balora_models::weights::to_vec;
@@ -54,17 +57,6 @@ fn ids(g: &Value, rows: usize) -> Tensor<B, 2, Int> {
     let s = all[0].len();
     let flat: Vec<i64> = all.into_iter().take(rows).flatten().collect();
     Tensor::from_data(TensorData::new(flat, [rows, s]), &Default::default())
-}
-
-/// `max |got − want| / max |want|`.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length");
-    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-    diff / scale.max(1e-30)
 }
 
 fn check(what: &str, got: &[f32], want: &[f32], tol: f64) {

@@ -3,6 +3,9 @@
 //! balancing, and merge to PEFT's `merge_and_unload` weights. The references are the committed
 //! files PyTorch + PEFT wrote; nothing here is computed by the code under test.
 
+mod common;
+use common::rel_err;
+
 use balora_manifold::balanced::Gauge;
 use balora_models::balance::balance_adapter;
 use balora_models::export::{bert_classifier_hf_tensors, llama_hf_tensors, NamedTensor};
@@ -47,17 +50,6 @@ fn ids(family: &str) -> Tensor<B, 2, Int> {
     let (b, s) = (rows.len(), rows[0].len());
     let flat: Vec<i64> = rows.into_iter().flatten().collect();
     Tensor::from_data(TensorData::new(flat, [b, s]), &Default::default())
-}
-
-/// `max |got − want| / max |want|`.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length");
-    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-    diff / scale.max(1e-30)
 }
 
 fn check(what: &str, got: &[f32], want: &[f32]) {
